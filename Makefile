@@ -1,0 +1,67 @@
+# mitoscope: `make demo` scores a sample slide end to end; `make test` runs the suite.
+# Every target creates the virtual environments it needs from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+TRITON_VENV := .venv-triton
+TRAIN_VENV := .venv-train
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+DEMO_OUT ?= out/demo
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test check format models bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+# Triton's own venv: the nvidia-pytriton wheel pins numpy<2; the Python backend runs ONNX Runtime.
+$(TRITON_VENV)/.installed: requirements-triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q -r requirements-triton.txt
+	touch $@
+
+# Training venv: torch pinned first (local wheels), so ultralytics does not pull a CUDA build.
+$(TRAIN_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install -q --upgrade pip
+	$(TRAIN_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(TRAIN_VENV)/bin/pip install -q -e '.[train]'
+	touch $@
+
+setup: $(VENV)/.installed $(TRITON_VENV)/.installed ## Create the serving and Triton virtual environments
+
+demo: setup ## Synthesise a slide, score it through a local Triton server, print the summary
+	$(PY) -m mitoscope.cli demo --out $(DEMO_OUT) --shared $(SHARED)
+
+test: setup ## Run the test suite (unit, API and integration tests with real servers)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+check: $(VENV)/.installed ## Lint, format check and type check
+	$(VENV)/bin/ruff check mitoscope services training tests bench
+	$(VENV)/bin/ruff format --check mitoscope services training tests bench
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix mitoscope services training tests bench
+	$(VENV)/bin/ruff format mitoscope services training tests bench
+
+models: $(TRAIN_VENV)/.installed ## Retrain the shipped YOLOv5n from scratch (hours on 2 CPU cores) and regenerate its Triton config
+	$(TRAIN_VENV)/bin/python -m training.train_yolo --amibr $(SHARED)/data/amibr --out runs/yolo
+	$(PY) -m services.detector.triton_repository model_repository/yolov5n_mitosis
+
+bench: $(VENV)/.installed ## Run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
+	$(PY) -m bench.tiling
+	$(PY) -m bench.reinhard
+
+clean: ## Remove virtual environments, caches and outputs
+	rm -rf $(VENV) $(TRITON_VENV) $(TRAIN_VENV) .cache out runs .pytest_cache .mypy_cache .ruff_cache

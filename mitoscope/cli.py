@@ -1,0 +1,252 @@
+"""`mitoscope`: score slides for mitoses, make synthetic slides.
+
+Exit codes: 0 success, 2 bad input (slide, model, parameter), 3 a dependency is unavailable
+(object store, inference server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mitoscope import __version__
+from mitoscope.pipeline import ScoreOptions
+from services.detector.backends import DetectorBackend
+
+app = typer.Typer(
+    help="mitoscope: count mitoses on breast-cancer H&E whole-slide images and give the "
+    "Nottingham mitotic score, with every detection shown where it was found.\n\n"
+    "Start with `mitoscope synth demo.svs` then `mitoscope score demo.svs`.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+DEFAULT_TRITON_URL = "127.0.0.1:8001"
+
+
+class BackendChoice(str, Enum):
+    onnxruntime = "onnxruntime"
+    triton = "triton"
+
+
+def _model_repository() -> Path:
+    from mitoscope.pipeline import REPO_ROOT
+
+    return Path(os.environ.get("MITOSCOPE_MODEL_REPOSITORY", REPO_ROOT / "model_repository"))
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"mitoscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def score(
+    slide: Annotated[str, typer.Argument(help="Slide file (SVS, NDPI, MRXS, SCN, DICOM, TIFF) or s3://bucket/key.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: <slide>.mitoscope/ next to the slide].")] = None,
+    model: Annotated[str, typer.Option(help="Model name in the model repository, or a path to an .onnx file.")] = "yolov5n_mitosis",
+    backend: Annotated[BackendChoice, typer.Option(help="Run the model in this process or on a Triton server.")] = BackendChoice.onnxruntime,
+    triton_url: Annotated[str, typer.Option(help="Triton gRPC address (host:port).")] = DEFAULT_TRITON_URL,
+    mpp: Annotated[float | None, typer.Option(help="Microns per pixel of level 0, for slides whose metadata lacks it (0.25 = 40x).")] = None,
+    field_diameter_mm: Annotated[float, typer.Option(help="Microscope field diameter for the Nottingham table (mm).")] = 0.55,
+    score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = 0.25,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per batch.")] = 150,
+    threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads (0 = all cores).")] = 0,
+    gallery: Annotated[bool, typer.Option(help="Also write gallery.png: a crop of each detection with its box.")] = False,
+) -> None:
+    """Score one slide: count mitoses, find the 10-HPF hotspot, give the mitotic score.
+
+    Writes result.json, result.geojson (QuPath), result.csv and overview.png.
+    """
+    from services.aggregator.errors import AggregatorError
+    from services.detector.backends import OnnxRuntimeBackend, TritonBackend
+    from services.detector.errors import DetectorError, InferenceServerError
+    from services.detector.model import resolve_model_path
+    from services.preprocess.errors import PreprocessError
+    from services.tiler.errors import StorageUnavailableError, TilerError
+    from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
+
+    cache_root = Path(os.environ.get("MITOSCOPE_CACHE_DIR", Path.home() / ".cache" / "mitoscope")) / "slides"
+    options = ScoreOptions(mpp_override_um_per_px=mpp, batch_size=batch_size, score_threshold=score_threshold,
+                           field_diameter_mm=field_diameter_mm, gallery=gallery)
+    detector: DetectorBackend | None = None
+    try:
+        local = resolve_slide(slide, SlideCache(cache_root) if is_s3_uri(slide) else None)
+        name = slide.rsplit("/", 1)[-1]
+        out_dir = out or (Path(f"{name}.mitoscope") if is_s3_uri(slide) else local.with_name(f"{name}.mitoscope"))
+        if backend is BackendChoice.triton:
+            detector = TritonBackend(triton_url, model)
+        else:
+            detector = OnnxRuntimeBackend(resolve_model_path(model, _model_repository()), threads=threads)
+        result = _score_with_progress(local, out_dir, detector, options, name)
+    except (StorageUnavailableError, InferenceServerError) as e:
+        raise _fail(str(e), EXIT_UNAVAILABLE) from None
+    except (TilerError, DetectorError, PreprocessError, AggregatorError) as e:
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    finally:
+        if detector is not None:
+            detector.close()
+    _print_summary(result, out_dir)
+
+
+def _score_with_progress(slide: Path, out_dir: Path, detector: DetectorBackend, options: ScoreOptions,
+                         name: str) -> dict:  # type: ignore[type-arg]
+    from mitoscope.pipeline import score_slide
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("tiles"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(f"scoring {name}", total=None, rate="")
+
+        def on_progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            rate = f"{done / elapsed:.1f} tiles/s" if elapsed > 0 and done else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        return score_slide(slide, out_dir, detector, options, on_progress, display_name=name)
+
+
+def _print_summary(result: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
+    hotspot = result["hotspot"]
+    prov = result["provenance"]
+    table = Table(title=f"mitoscope: {result['slide']['name']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("mitoses (whole slide)", str(result["mitosis_count"]))
+    table.add_row("tissue area", f"{result['tissue_area_mm2']:.2f} mm²")
+    table.add_row("density", f"{result['density_per_mm2']:.2f} mitoses / mm² tissue")
+    table.add_row(f"hotspot ({hotspot['fields']} HPF, {hotspot['field_diameter_mm']} mm fields)",
+                  f"{hotspot['count']} mitoses in {hotspot['window_area_mm2']:.2f} mm² "
+                  f"({hotspot['tissue_area_mm2']:.2f} mm² tissue)")
+    table.add_row("Nottingham mitotic score", str(result["mitotic_score"]))
+    table.add_row("resolution", f"{result['slide']['mpp_um_per_px']} µm/px ({result['slide']['mpp_source']})")
+    table.add_row("model", f"{prov['model']['name']} v{prov['model']['version']} via {prov['model']['backend']}")
+    table.add_row("tiles", f"{prov['tiles']['total']} in {prov['timing']['seconds']} s "
+                           f"({prov['timing']['tiles_per_s']} tiles/s)")
+    table.add_row("outputs", str(out_dir))
+    Console().print(table)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Slide to write (e.g. demo.svs); truth goes to <out>.truth.json.")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same slide.")] = 0,
+    width: Annotated[int, typer.Option(min=256, max=65536, help="Level-0 width in pixels.")] = 12288,
+    height: Annotated[int, typer.Option(min=256, max=65536, help="Level-0 height in pixels.")] = 12288,
+    mpp: Annotated[float, typer.Option(min=0.1, max=2.0, help="Microns per pixel of level 0.")] = 0.25,
+    mitoses_per_mm2: Annotated[float, typer.Option(min=0.0, help="Average planted mitoses per mm² of tissue.")] = 6.0,
+) -> None:
+    """Write a synthetic H&E slide with planted mitoses and look-alikes, plus its ground truth."""
+    from mitoscope.synth import SynthParams, make_slide
+
+    params = SynthParams(width_px=width, height_px=height, seed=seed, mpp_um_per_px=mpp,
+                         mitoses_per_mm2=mitoses_per_mm2)
+    with console.status(f"painting a {width} x {height} px slide (seed {seed})"):
+        truth_path = make_slide(out, params)
+    import json
+
+    truth = json.loads(truth_path.read_text())
+    print(f"wrote {out} ({truth['mitosis_count']} planted mitoses, {len(truth['lookalikes'])} look-alikes, "
+          f"{truth['tissue_area_mm2']:.2f} mm² tissue); truth: {truth_path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo slide and its results.")] = Path("out/demo"),
+    shared: Annotated[Path, typer.Option(help="The shared data folder; its CMU-1 slide is scored too when present.")] = Path("../shared"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic slide.")] = 7,
+    size: Annotated[int, typer.Option(min=2048, max=32768, help="Side of the synthetic slide in pixels.")] = 12288,
+) -> None:
+    """Synthesise a slide, score it through a local Triton server, compare with the planted truth.
+
+    Falls back to in-process ONNX Runtime, saying so, when the Triton venv is missing.
+    """
+    import json
+
+    from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
+    from mitoscope.pipeline import REPO_ROOT
+    from mitoscope.synth import SynthParams, make_slide, truth_path_for
+    from services.detector.backends import OnnxRuntimeBackend, TritonBackend
+    from services.detector.model import DEFAULT_MODEL_NAME, resolve_model_path
+    from services.detector.triton_server import TritonServer, TritonServerError
+
+    slide = out / "synthetic.svs"
+    if not truth_path_for(slide).exists():
+        with console.status(f"painting a synthetic {size} x {size} px slide (seed {seed})"):
+            make_slide(slide, SynthParams(width_px=size, height_px=size, seed=seed))
+    slides = [slide]
+    cmu = shared / "slides" / "CMU-1-Small-Region.svs"
+    if cmu.is_file():
+        slides.append(cmu)
+    repository = _model_repository()
+    server: TritonServer | None = None
+    detector: DetectorBackend
+    try:
+        server = TritonServer(repository, REPO_ROOT / ".venv-triton", REPO_ROOT / ".cache" / "triton")
+        with console.status("starting the local Triton server"):
+            server.start()
+        detector = TritonBackend(server.grpc_url, DEFAULT_MODEL_NAME)
+    except TritonServerError as e:
+        console.print(f"[yellow]Triton unavailable ({e}); scoring in-process with ONNX Runtime[/]")
+        server = None
+        detector = OnnxRuntimeBackend(resolve_model_path(DEFAULT_MODEL_NAME, repository))
+    try:
+        for path in slides:
+            out_dir = out / f"{path.name}.mitoscope"
+            result = _score_with_progress(path, out_dir, detector, ScoreOptions(), path.name)
+            _print_summary(result, out_dir)
+            truth_path = truth_path_for(path)
+            if truth_path.exists():
+                truth = json.loads(truth_path.read_text())
+                counts = match_points(
+                    ((d["x_px"], d["y_px"], d["score"]) for d in result["detections"]),
+                    ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
+                    MIDOG_MATCH_RADIUS_UM / truth["mpp_um_per_px"],
+                )
+                print(f"against the planted truth ({truth['mitosis_count']} mitoses, 7.5 µm match): "
+                      f"recall {counts.recall:.2f}, precision {counts.precision:.2f}, F1 {counts.f1:.2f}")
+            print(f"overview picture: {out_dir / 'overview.png'}\n")
+    finally:
+        detector.close()
+        if server is not None:
+            server.stop()
+
+
+def run() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

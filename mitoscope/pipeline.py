@@ -1,0 +1,225 @@
+"""The embedded pipeline: one slide in, a scored result and its exports out, in one process.
+
+Each stage is the plain function its service owns; the services call the same functions.
+Outputs are written to a temporary folder beside `out_dir` and moved into place only when all
+of them exist, so a failed run never leaves a result that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mitoscope import __version__
+from services.aggregator import exports
+from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM, thresholds_for
+from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
+from services.aggregator.result import result_document, summarise
+from services.detector.backends import DetectorBackend
+from services.detector.postprocess import (
+    DEFAULT_IOU_THRESHOLD,
+    DEFAULT_SCORE_THRESHOLD,
+    TileDetections,
+    decode_yolo,
+)
+from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
+from services.tiler.errors import SlideError
+from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan, plan_tiles
+from services.tiler.reader import DEFAULT_BATCH_SIZE, ReadGeometry, read_batches, read_tile
+from services.tiler.slide import Slide, open_slide, resolve_mpp
+from services.tiler.tissue import TissueMask, detect_tissue, overview_side_px
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STATS_SAMPLE_TILES = 32
+OVERVIEW_MAX_SIDE_PX = 2048
+GALLERY_CROP_PX = 160
+GALLERY_MAX_CROPS = 48
+OUTPUT_FILES = ("result.json", "result.geojson", "result.csv", "overview.png")
+
+
+class NoTissueError(SlideError):
+    """Tissue detection found nothing to score."""
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    mpp_override_um_per_px: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    overlap_px: int = DEFAULT_OVERLAP_PX
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    merge_radius_um: float = DEFAULT_MERGE_RADIUS_UM
+    field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM
+    gallery: bool = False
+
+
+ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles total)
+
+
+@dataclass
+class PreparedSlide:
+    slide: Slide
+    mpp_um_per_px: float
+    mpp_source: str
+    tissue: TissueMask
+    plan: TilePlan
+    overview: np.ndarray
+
+
+def prepare_slide(path: Path, options: ScoreOptions, model_mpp_um_per_px: float, tile_px: int) -> PreparedSlide:
+    """Open, resolve resolution, find tissue and lay the tile grid (the tiler's work)."""
+    thresholds_for(options.field_diameter_mm)  # refuse a bad parameter before any work
+    slide = open_slide(path)
+    try:
+        mpp = resolve_mpp(slide.info, options.mpp_override_um_per_px)
+        mask_side = overview_side_px(slide.info.width_px, slide.info.height_px, mpp)
+        longest = max(slide.info.width_px, slide.info.height_px)
+        overview = slide.thumbnail(max(mask_side, min(OVERVIEW_MAX_SIDE_PX, longest)))
+        small = overview
+        if max(overview.shape[:2]) > mask_side:
+            factor = mask_side / max(overview.shape[:2])
+            size = (max(1, round(overview.shape[1] * factor)), max(1, round(overview.shape[0] * factor)))
+            small = cv2.resize(overview, size, interpolation=cv2.INTER_AREA)
+        mask_scale = slide.info.width_px / small.shape[1]
+        tissue = detect_tissue(small, mask_scale, mpp)
+        plan = plan_tiles(slide.info.width_px, slide.info.height_px, mpp, tissue,
+                          model_mpp_um_per_px=model_mpp_um_per_px, tile_px=tile_px,
+                          overlap_px=options.overlap_px)
+        if not plan.tiles:
+            raise NoTissueError(f"{path.name}: no tissue found on the slide; nothing to score")
+    except BaseException:
+        slide.close()
+        raise
+    source = "override" if options.mpp_override_um_per_px is not None else "metadata"
+    return PreparedSlide(slide, mpp, source, tissue, plan, overview)
+
+
+def slide_colour_stats(slide: Slide, plan: TilePlan, sample_tiles: int = STATS_SAMPLE_TILES) -> LabStats:
+    """Source Lab statistics over tissue, from tiles spread evenly across the plan."""
+    geometry = ReadGeometry.for_plan(slide, plan)
+    step = max(1, len(plan.tiles) // sample_tiles)
+    sample = plan.tiles[::step][:sample_tiles]
+    return stats_from_images([read_tile(slide, plan, geometry, tile) for tile in sample])
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def score_slide(
+    path: Path,
+    out_dir: Path,
+    backend: DetectorBackend,
+    options: ScoreOptions = ScoreOptions(),
+    progress: ProgressCallback | None = None,
+    display_name: str | None = None,
+) -> dict[str, Any]:
+    """Score one slide and write result.json, result.geojson, result.csv, overview.png."""
+    started = time.perf_counter()
+    info = backend.info
+    prepared = prepare_slide(path, options, info.mpp_um_per_px, info.input_size_px)
+    slide, plan = prepared.slide, prepared.plan
+    with slide:
+        source_stats = slide_colour_stats(slide, plan)
+        target = LabStats.from_dict(info.reinhard_target_lab)
+        normalise = ReinhardNormaliser(source_stats, target)
+        per_tile: dict[int, TileDetections] = {}
+        done = 0
+        if progress:
+            progress(0, len(plan.tiles))
+        for batch in read_batches(slide, plan, options.batch_size):
+            raw = backend.infer(normalise(batch.pixels))
+            for tile, detections in zip(batch.tiles, decode_yolo(raw, options.score_threshold,
+                                                                 options.iou_threshold)):
+                per_tile[tile.index] = detections
+            done += len(batch.tiles)
+            if progress:
+                progress(done, len(plan.tiles))
+        detections = merge_tile_detections(plan, per_tile, info.class_names, options.merge_radius_um)
+        summary = summarise(detections, slide.info.width_px, slide.info.height_px,
+                            prepared.mpp_um_per_px, prepared.tissue, options.field_diameter_mm)
+        elapsed_s = time.perf_counter() - started
+        slide_doc = {
+            "name": display_name or path.name,
+            "width_px": slide.info.width_px,
+            "height_px": slide.info.height_px,
+            "mpp_um_per_px": prepared.mpp_um_per_px,
+            "mpp_source": prepared.mpp_source,
+            "vendor": slide.info.vendor,
+            "reader": slide.info.backend,
+        }
+        provenance = {
+            "code_version": code_version(),
+            "model": {"name": info.name, "version": info.version, "sha256": info.sha256,
+                      "input_size_px": info.input_size_px, "mpp_um_per_px": info.mpp_um_per_px,
+                      "class_names": list(info.class_names), "backend": backend.description},
+            "normalisation": {"method": "reinhard", "target_lab": info.reinhard_target_lab,
+                              "source_lab": asdict(source_stats)},
+            "parameters": asdict(options),
+            "tiles": {"total": len(plan.tiles), "tile_px": plan.tile_px, "overlap_px": plan.overlap_px,
+                      "rows": plan.rows, "cols": plan.cols},
+            "timing": {"seconds": round(elapsed_s, 2),
+                       "tiles_per_s": round(len(plan.tiles) / max(elapsed_s, 1e-9), 2)},
+        }
+        result = result_document(slide_doc, summary, detections, provenance)
+        gallery = _gallery_crops(slide, result) if options.gallery else None
+    _write_outputs(out_dir, result, prepared.overview, gallery)
+    return result
+
+
+def _gallery_crops(slide: Slide, result: dict[str, Any]) -> list[tuple[np.ndarray, float]]:
+    mpp = result["slide"]["mpp_um_per_px"]
+    model_mpp = result["provenance"]["model"]["mpp_um_per_px"]
+    half = GALLERY_CROP_PX / 2 * model_mpp / mpp
+    crops = []
+    for det in sorted(result["detections"], key=lambda d: -d["score"])[:GALLERY_MAX_CROPS]:
+        x0, y0 = round(det["x_px"] - half), round(det["y_px"] - half)
+        size = max(1, round(2 * half))
+        crop = cv2.resize(slide.read_region(x0, y0, 0, size, size), (GALLERY_CROP_PX, GALLERY_CROP_PX))
+        k = GALLERY_CROP_PX / size
+        bx0, by0, bx1, by1 = det["box_px"]
+        cv2.rectangle(crop, (round((bx0 - x0) * k), round((by0 - y0) * k)),
+                      (round((bx1 - x0) * k), round((by1 - y0) * k)), (220, 20, 20), 2)
+        crops.append((crop, det["score"]))
+    return crops
+
+
+def _write_outputs(out_dir: Path, result: dict[str, Any], overview: np.ndarray,
+                   gallery: list[tuple[np.ndarray, float]] | None) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        exports.write_json(result, staging / "result.json")
+        exports.write_geojson(result, staging / "result.geojson")
+        exports.write_csv(result, staging / "result.csv")
+        exports.write_png(exports.render_overview(result, overview), staging / "overview.png")
+        if gallery is not None:
+            exports.write_png(exports.render_gallery(gallery), staging / "gallery.png")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            staging.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

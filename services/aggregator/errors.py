@@ -1,0 +1,15 @@
+"""Errors of the aggregator service.
+
+AggregatorError
+ └── GradingParameterError   an unsupported field diameter or window (HTTP 422)
+"""
+
+from __future__ import annotations
+
+
+class AggregatorError(Exception):
+    """Base class of every aggregator error."""
+
+
+class GradingParameterError(AggregatorError):
+    """A grading parameter (e.g. the microscope's field diameter) is not supported."""

@@ -1,0 +1,99 @@
+"""Tile detections to slide detections, each mitosis counted once.
+
+Two rules, in order:
+1. ownership: a tile keeps only detections whose centre lies in its core (the tile minus half
+   the overlap on each side that has a neighbouring tile in the plan), so the overlap is
+   judged by exactly one tile;
+2. clustering: detections closer than 7.5 µm (the MIDOG match radius) are one figure; the
+   highest-scoring one stands for the cluster. This catches a figure whose centre estimate
+   differs slightly between two tiles near a core boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from services.detector.postprocess import TileDetections
+from services.tiler.grid import Tile, TilePlan
+
+DEFAULT_MERGE_RADIUS_UM = 7.5
+MITOSIS_CLASS = "mitosis"
+
+
+@dataclass(frozen=True)
+class SlideDetection:
+    x_px: float  # centre, level-0 pixels
+    y_px: float
+    box_px: tuple[float, float, float, float]  # x0, y0, x1, y1 in level-0 pixels
+    score: float
+    class_name: str
+    tile_index: int
+
+
+def owned_bounds(plan: TilePlan, tile: Tile, occupied: set[tuple[int, int]]) -> tuple[float, float, float, float]:
+    """The core of `tile` in tile pixels; a side without a planned neighbour is unbounded."""
+    half = plan.overlap_px / 2
+    x0 = half if (tile.row, tile.col - 1) in occupied else -math.inf
+    y0 = half if (tile.row - 1, tile.col) in occupied else -math.inf
+    x1 = plan.tile_px - half if (tile.row, tile.col + 1) in occupied else math.inf
+    y1 = plan.tile_px - half if (tile.row + 1, tile.col) in occupied else math.inf
+    return x0, y0, x1, y1
+
+
+def to_slide_detections(
+    plan: TilePlan,
+    tile: Tile,
+    detections: TileDetections,
+    class_names: tuple[str, ...],
+    occupied: set[tuple[int, int]],
+) -> list[SlideDetection]:
+    scale = plan.level0_px_per_tile_px
+    origin_x, origin_y = tile.level0_origin(scale)
+    bx0, by0, bx1, by1 = owned_bounds(plan, tile, occupied)
+    out = []
+    for box, score, class_id in zip(detections.boxes_px, detections.scores, detections.class_ids):
+        cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+        if not (bx0 <= cx < bx1 and by0 <= cy < by1):
+            continue
+        out.append(SlideDetection(
+            x_px=origin_x + cx * scale,
+            y_px=origin_y + cy * scale,
+            box_px=tuple(float(v) for v in (origin_x + box[0] * scale, origin_y + box[1] * scale,
+                                            origin_x + box[2] * scale, origin_y + box[3] * scale)),  # type: ignore[arg-type]
+            score=float(score),
+            class_name=class_names[int(class_id)],
+            tile_index=tile.index,
+        ))
+    return out
+
+
+def cluster_detections(detections: list[SlideDetection], radius_px: float) -> list[SlideDetection]:
+    """Greedy by score: keep a detection unless a kept one lies within `radius_px`."""
+    cell = max(radius_px, 1e-6)
+    grid: dict[tuple[int, int], list[SlideDetection]] = defaultdict(list)
+    kept: list[SlideDetection] = []
+    for det in sorted(detections, key=lambda d: (-d.score, d.y_px, d.x_px)):
+        gx, gy = int(det.x_px // cell), int(det.y_px // cell)
+        near = (other for dx in (-1, 0, 1) for dy in (-1, 0, 1) for other in grid[(gx + dx, gy + dy)])
+        if any((o.x_px - det.x_px) ** 2 + (o.y_px - det.y_px) ** 2 <= radius_px**2 for o in near):
+            continue
+        grid[(gx, gy)].append(det)
+        kept.append(det)
+    return sorted(kept, key=lambda d: (d.y_px, d.x_px))
+
+
+def merge_tile_detections(
+    plan: TilePlan,
+    per_tile: dict[int, TileDetections],
+    class_names: tuple[str, ...],
+    radius_um: float = DEFAULT_MERGE_RADIUS_UM,
+) -> list[SlideDetection]:
+    occupied = {(t.row, t.col) for t in plan.tiles}
+    candidates: list[SlideDetection] = []
+    for tile in plan.tiles:
+        detections = per_tile.get(tile.index)
+        if detections is not None and len(detections):
+            candidates += to_slide_detections(plan, tile, detections, class_names, occupied)
+    return cluster_detections(candidates, radius_um / plan.slide_mpp_um_per_px)

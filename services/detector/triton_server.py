@@ -1,0 +1,160 @@
+"""Start and stop a local Triton Inference Server: the `tritonserver` binary of `nvidia-pytriton`.
+
+The binary runs on the CPU with the Python backend, which runs ONNX Runtime inside the model
+(`model_repository/<model>/1/model.py`). It lives in its own virtual environment (the wheel
+pins numpy<2); the backend stub imports numpy and onnxruntime from the venv whose `bin` comes
+first on PATH. Always bound to 127.0.0.1 on the ports given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_START_TIMEOUT_S = 90.0
+DEFAULT_STOP_TIMEOUT_S = 15.0
+
+
+class TritonServerError(RuntimeError):
+    """The local Triton server could not be found or did not start."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    venv: Path
+    site_packages: Path
+
+    @classmethod
+    def find(cls, venv: Path) -> TritonInstall:
+        candidates = sorted(venv.glob("lib/python3*/site-packages/pytriton/tritonserver/bin/tritonserver"))
+        if not candidates:
+            raise TritonServerError(
+                f"no tritonserver in {venv}; create it with `make triton-venv` (installs nvidia-pytriton)"
+            )
+        return cls(venv, candidates[0].parents[3])
+
+    @property
+    def binary(self) -> Path:
+        return self.site_packages / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+
+    def backend_directory(self, cache_dir: Path) -> Path:
+        """A backends folder with the Python backend and the stub for this venv's Python."""
+        python_version = next(self.venv.glob("lib/python3*")).name.removeprefix("python")
+        target = cache_dir / f"triton-backends-py{python_version}"
+        stub = self.site_packages / "pytriton/tritonserver/python_backend_stubs" / python_version / "triton_python_backend_stub"
+        if not (target / "python" / "triton_python_backend_stub").exists():
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.site_packages / "pytriton/tritonserver/backends/python", tmp / "python")
+            shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TritonServer:
+    """A tritonserver process on loopback; use as a context manager."""
+
+    def __init__(
+        self,
+        model_repository: Path,
+        venv: Path,
+        cache_dir: Path,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        log_path: Path | None = None,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+    ) -> None:
+        self.install = TritonInstall.find(venv)
+        self.model_repository = model_repository
+        self.cache_dir = cache_dir
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.log_path = log_path or cache_dir / "tritonserver.log"
+        self.start_timeout_s = start_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        backends = self.install.backend_directory(self.cache_dir)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [str(self.install.site_packages / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH", "")])
+        env["PATH"] = os.pathsep.join([str(self.install.venv / "bin"), env.get("PATH", "")])
+        env.pop("PYTHONPATH", None)
+        command = [
+            str(self.install.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false", "--allow-sagemaker=false", "--allow-vertex-ai=false",
+            "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+        ]
+        log.info("starting tritonserver on %s", self.grpc_url)
+        self._log_file = self.log_path.open("ab")
+        self._process = subprocess.Popen(command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + self.start_timeout_s
+        try:
+            while time.monotonic() < deadline:
+                assert self._process is not None
+                if self._process.poll() is not None:
+                    raise TritonServerError(
+                        f"tritonserver exited with code {self._process.returncode}; see {self.log_path}")
+                try:
+                    if client.is_server_ready(client_timeout=2.0):
+                        return
+                except Exception:  # not listening yet: tritonclient raises several types
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        self.stop()
+        raise TritonServerError(f"tritonserver not ready after {self.start_timeout_s} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(DEFAULT_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(DEFAULT_STOP_TIMEOUT_S)
+        self._process = None
+        self._log_file.close()
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

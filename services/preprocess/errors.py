@@ -1,0 +1,15 @@
+"""Errors of the preprocess service.
+
+PreprocessError
+ └── NormalisationError   bad colour statistics or input image (HTTP 422)
+"""
+
+from __future__ import annotations
+
+
+class PreprocessError(Exception):
+    """Base class of every preprocess error."""
+
+
+class NormalisationError(PreprocessError):
+    """The image or the colour statistics cannot be used for normalisation."""

@@ -1,0 +1,177 @@
+"""Slide access behind one small interface: OpenSlide first, tiffslide for what it rejects.
+
+Every OpenSlide / tiffslide call lives here, so the rest of the tiler sees only `Slide`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.tiler.errors import MissingMppError, SlideDimensionsError, SlideOpenError
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE_PX = 1_000_000  # no scanner writes a level 0 wider than a metre of glass at 1 µm/px
+MIN_SIDE_PX = 16
+# Plausible range of microns per pixel for brightfield scanners (100x .. 2.5x).
+MIN_MPP_UM_PER_PX = 0.05
+MAX_MPP_UM_PER_PX = 4.0
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    path: Path
+    backend: str
+    vendor: str
+    width_px: int
+    height_px: int
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp_um_per_px: float | None  # from the metadata; None when the file has none
+
+
+class Slide:
+    """An open slide; `read_region` returns RGB uint8 with transparent areas as white."""
+
+    def __init__(self, path: Path, handle: Any, backend: str) -> None:
+        self._handle = handle
+        props = handle.properties
+        self.info = SlideInfo(
+            path=path,
+            backend=backend,
+            vendor=str(props.get("openslide.vendor", props.get("tiffslide.vendor", "unknown"))),
+            width_px=int(handle.dimensions[0]),
+            height_px=int(handle.dimensions[1]),
+            level_dimensions=tuple((int(w), int(h)) for w, h in handle.level_dimensions),
+            level_downsamples=tuple(float(d) for d in handle.level_downsamples),
+            mpp_um_per_px=_read_mpp(props),
+        )
+
+    def read_region(
+        self, x_px: int, y_px: int, level: int, width_px: int, height_px: int
+    ) -> npt.NDArray[np.uint8]:
+        """Read a region whose top-left is (x_px, y_px) in level-0 pixels, size in `level` pixels."""
+        try:
+            region = self._handle.read_region((x_px, y_px), level, (width_px, height_px))
+        except Exception as e:  # both backends raise several unrelated types on damaged data
+            raise SlideOpenError(
+                f"{self.info.path.name}: cannot read region at ({x_px}, {y_px}) level {level}: {e}; "
+                "the file is probably truncated or damaged, re-export it from the scanner"
+            ) from e
+        rgba = np.asarray(region)
+        return _rgba_to_rgb_on_white(rgba)
+
+    def thumbnail(self, max_side_px: int) -> npt.NDArray[np.uint8]:
+        """The whole slide scaled so its longer side is at most `max_side_px`."""
+        try:
+            image = self._handle.get_thumbnail((max_side_px, max_side_px))
+        except Exception as e:
+            raise SlideOpenError(
+                f"{self.info.path.name}: cannot read the slide's overview: {e}; "
+                "the file is probably truncated or damaged"
+            ) from e
+        array = np.asarray(image.convert("RGBA"))
+        return _rgba_to_rgb_on_white(array)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed `downsample` (within 1 %)."""
+        best = 0
+        for level, level_downsample in enumerate(self.info.level_downsamples):
+            if level_downsample <= downsample * 1.01:
+                best = level
+        return best
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rgba_to_rgb_on_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    if rgba.shape[-1] == 3:
+        return np.ascontiguousarray(rgba)
+    alpha = rgba[..., 3:4]
+    if bool((alpha == 255).all()):
+        return np.ascontiguousarray(rgba[..., :3])
+    rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
+    return (rgb // 255).astype(np.uint8)
+
+
+def _read_mpp(props: Any) -> float | None:
+    for key in ("openslide.mpp-x", "tiffslide.mpp-x", "aperio.MPP"):
+        raw = props.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            continue
+        if MIN_MPP_UM_PER_PX <= value <= MAX_MPP_UM_PER_PX:
+            return value
+    return None
+
+
+def open_slide(path: Path) -> Slide:
+    """Open with OpenSlide, else tiffslide; check dimensions and that the overview decodes."""
+    if not path.is_file():
+        raise SlideOpenError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SlideOpenError(f"{path.name}: the file is empty (0 bytes)")
+    slide = _open_with_backends(path)
+    info = slide.info
+    if not (MIN_SIDE_PX <= info.width_px <= MAX_SIDE_PX and MIN_SIDE_PX <= info.height_px <= MAX_SIDE_PX):
+        slide.close()
+        raise SlideDimensionsError(
+            f"{path.name}: implausible dimensions {info.width_px} x {info.height_px} px "
+            f"(expected {MIN_SIDE_PX}..{MAX_SIDE_PX} per side)"
+        )
+    return slide
+
+
+def _open_with_backends(path: Path) -> Slide:
+    import openslide
+
+    errors: list[str] = []
+    try:
+        return Slide(path, openslide.OpenSlide(str(path)), "openslide")
+    except openslide.OpenSlideUnsupportedFormatError:
+        errors.append("OpenSlide: unsupported format")
+    except openslide.OpenSlideError as e:
+        errors.append(f"OpenSlide: {e}")
+    try:
+        import tiffslide
+
+        return Slide(path, tiffslide.TiffSlide(str(path)), "tiffslide")
+    except Exception as e:  # tiffslide surfaces tifffile, zarr and value errors alike
+        errors.append(f"tiffslide: {type(e).__name__}: {e}")
+    raise SlideOpenError(
+        f"{path.name}: not a whole-slide image that OpenSlide or tiffslide can read "
+        f"({'; '.join(errors)}); supported: SVS, NDPI, MRXS, SCN, DICOM, tiled TIFF, OME-TIFF"
+    )
+
+
+def resolve_mpp(info: SlideInfo, override_mpp_um_per_px: float | None) -> float:
+    """The slide's resolution: the caller's explicit value, else the metadata, else an error."""
+    if override_mpp_um_per_px is not None:
+        if not MIN_MPP_UM_PER_PX <= override_mpp_um_per_px <= MAX_MPP_UM_PER_PX:
+            raise MissingMppError(
+                f"--mpp {override_mpp_um_per_px} is outside the plausible range "
+                f"{MIN_MPP_UM_PER_PX}..{MAX_MPP_UM_PER_PX} µm/px"
+            )
+        return override_mpp_um_per_px
+    if info.mpp_um_per_px is None:
+        raise MissingMppError(
+            f"{info.path.name}: the slide has no microns-per-pixel in its metadata; "
+            "pass the scanner's resolution explicitly (e.g. --mpp 0.25 for 40x)"
+        )
+    return info.mpp_um_per_px

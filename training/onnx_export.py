@@ -1,0 +1,95 @@
+"""Export trained detectors to the ONNX contract the detector service serves.
+
+Contract (read by `services.detector.model`):
+- input `images`: uint8 [batch, H, W, 3] RGB, Reinhard-normalised tiles (the graph itself
+  casts, scales to 0..1 and transposes, so clients send 4x fewer bytes than float32);
+- output `detections`: float32 [batch, 4 + classes, anchors] (YOLO: centre x, centre y,
+  width, height in input pixels, then per-class scores), post-processed by the service;
+- `metadata_props` keys prefixed `mitoscope.`: model name, version, input size, MPP, class
+  names, output format, Reinhard target, training-data hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "detections"
+INPUT_SIZE_PX = 512
+MPP_UM_PER_PX = 0.25
+OPSET = 17
+
+
+def _prepend_uint8_nhwc(model_path: Path, out_path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    old_input = graph.input[0]
+    old_name = old_input.name
+    float_name = "images_float_nchw"
+    for node in graph.node:
+        node.input[:] = [float_name if name == old_name else name for name in node.input]
+    graph.input.remove(old_input)
+    graph.input.insert(0, helper.make_tensor_value_info(
+        INPUT_NAME, TensorProto.UINT8, ["batch", INPUT_SIZE_PX, INPUT_SIZE_PX, 3]))
+    scale = helper.make_tensor("uint8_scale", TensorProto.FLOAT, [], [1.0 / 255.0])
+    graph.initializer.append(scale)
+    pre = [
+        helper.make_node("Transpose", [INPUT_NAME], ["images_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["images_nchw"], ["images_nchw_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["images_nchw_f32", "uint8_scale"], [float_name]),
+    ]
+    for i, node in enumerate(pre):
+        graph.node.insert(i, node)
+    old_output = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [OUTPUT_NAME if name == old_output else name for name in node.output]
+    graph.output[0].name = OUTPUT_NAME
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+
+
+def export_yolo(
+    weights: Path,
+    out_path: Path,
+    target_lab: dict[str, list[float]],
+    training_data_sha256: str,
+    extra: dict[str, str] | None = None,
+    model_name: str = "yolov5n_mitosis",
+    version: str = "1",
+) -> None:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model.pt"
+        shutil.copy(weights, local)
+        yolo = YOLO(str(local))
+        exported = Path(yolo.export(format="onnx", imgsz=INPUT_SIZE_PX, dynamic=True, opset=OPSET,
+                                    simplify=True, nms=False, device="cpu"))
+        names = [yolo.names[i] for i in sorted(yolo.names)]
+        metadata = {
+            "mitoscope.model_name": model_name,
+            "mitoscope.model_version": version,
+            "mitoscope.architecture": "yolov5n (ultralytics v5u, anchor-free head)",
+            "mitoscope.input_size_px": str(INPUT_SIZE_PX),
+            "mitoscope.mpp_um_per_px": str(MPP_UM_PER_PX),
+            "mitoscope.class_names": json.dumps(names),
+            "mitoscope.output_format": "yolo_cxcywh_scores",
+            "mitoscope.stride_px": str(int(max(yolo.model.stride))),
+            "mitoscope.reinhard_target_lab": json.dumps(target_lab),
+            "mitoscope.training_data_sha256": training_data_sha256,
+        }
+        metadata.update({f"mitoscope.{k}": v for k, v in (extra or {}).items()})
+        _prepend_uint8_nhwc(exported, out_path, metadata)
