@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +36,7 @@ EXIT_UNAVAILABLE = 3
 DEFAULT_TRITON_URL = "127.0.0.1:8001"
 
 
-class BackendChoice(str, Enum):
+class BackendChoice(StrEnum):
     onnxruntime = "onnxruntime"
     triton = "triton"
 
@@ -60,27 +60,44 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Retries are reported by our own error message; urllib3's per-retry warnings are noise.
+    logging.getLogger("urllib3").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @app.command()
 def score(
     slide: Annotated[str, typer.Argument(help="Slide file (SVS, NDPI, MRXS, SCN, DICOM, TIFF) or s3://bucket/key.")],
-    out: Annotated[Path | None, typer.Option(help="Output folder [default: <slide>.mitoscope/ next to the slide].")] = None,
-    model: Annotated[str, typer.Option(help="Model name in the model repository, or a path to an .onnx file.")] = "yolov5n_mitosis",
-    backend: Annotated[BackendChoice, typer.Option(help="Run the model in this process or on a Triton server.")] = BackendChoice.onnxruntime,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder [default: <slide>.mitoscope/ next to the slide].")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Model name in the model repository, or a path to an .onnx file.")
+    ] = "yolov5n_mitosis",
+    backend: Annotated[
+        BackendChoice, typer.Option(help="Run the model in this process or on a Triton server.")
+    ] = BackendChoice.onnxruntime,
     triton_url: Annotated[str, typer.Option(help="Triton gRPC address (host:port).")] = DEFAULT_TRITON_URL,
-    mpp: Annotated[float | None, typer.Option(help="Microns per pixel of level 0, for slides whose metadata lacks it (0.25 = 40x).")] = None,
-    field_diameter_mm: Annotated[float, typer.Option(help="Microscope field diameter for the Nottingham table (mm).")] = 0.55,
+    mpp: Annotated[
+        float | None,
+        typer.Option(help="Microns per pixel of level 0, for slides whose metadata lacks it (0.25 = 40x)."),
+    ] = None,
+    field_diameter_mm: Annotated[
+        float, typer.Option(help="Microscope field diameter for the Nottingham table (mm).")
+    ] = 0.55,
     score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per batch.")] = 150,
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads (0 = all cores).")] = 0,
-    gallery: Annotated[bool, typer.Option(help="Also write gallery.png: a crop of each detection with its box.")] = False,
+    gallery: Annotated[
+        bool, typer.Option(help="Also write gallery.png: a crop of each detection with its box.")
+    ] = False,
 ) -> None:
     """Score one slide: count mitoses, find the 10-HPF hotspot, give the mitotic score.
 
@@ -95,8 +112,13 @@ def score(
     from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
 
     cache_root = Path(os.environ.get("MITOSCOPE_CACHE_DIR", Path.home() / ".cache" / "mitoscope")) / "slides"
-    options = ScoreOptions(mpp_override_um_per_px=mpp, batch_size=batch_size, score_threshold=score_threshold,
-                           field_diameter_mm=field_diameter_mm, gallery=gallery)
+    options = ScoreOptions(
+        mpp_override_um_per_px=mpp,
+        batch_size=batch_size,
+        score_threshold=score_threshold,
+        field_diameter_mm=field_diameter_mm,
+        gallery=gallery,
+    )
     detector: DetectorBackend | None = None
     try:
         local = resolve_slide(slide, SlideCache(cache_root) if is_s3_uri(slide) else None)
@@ -117,21 +139,37 @@ def score(
     _print_summary(result, out_dir)
 
 
-def _score_with_progress(slide: Path, out_dir: Path, detector: DetectorBackend, options: ScoreOptions,
-                         name: str) -> dict:  # type: ignore[type-arg]
+def _score_with_progress(
+    slide: Path, out_dir: Path, detector: DetectorBackend, options: ScoreOptions, name: str
+) -> dict:  # type: ignore[type-arg]
     from mitoscope.pipeline import score_slide
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("tiles"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(f"scoring {name}", total=None, rate="")
+    # The bar appears once the slide is open and its tiles are planned, so a refused slide
+    # prints only its error line.
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = bar.add_task(f"scoring {name}", total=None, rate="")
 
-        def on_progress(done: int, total: int) -> None:
-            elapsed = bar.tasks[task].elapsed or 0.0
-            rate = f"{done / elapsed:.1f} tiles/s" if elapsed > 0 and done else ""
-            bar.update(task, completed=done, total=total, rate=rate)
+    def on_progress(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        elapsed = bar.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:.1f} tiles/s" if elapsed > 0 and done else ""
+        bar.update(task, completed=done, total=total, rate=rate)
 
+    try:
         return score_slide(slide, out_dir, detector, options, on_progress, display_name=name)
+    finally:
+        bar.stop()
 
 
 def _print_summary(result: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
@@ -143,14 +181,17 @@ def _print_summary(result: dict, out_dir: Path) -> None:  # type: ignore[type-ar
     table.add_row("mitoses (whole slide)", str(result["mitosis_count"]))
     table.add_row("tissue area", f"{result['tissue_area_mm2']:.2f} mm²")
     table.add_row("density", f"{result['density_per_mm2']:.2f} mitoses / mm² tissue")
-    table.add_row(f"hotspot ({hotspot['fields']} HPF, {hotspot['field_diameter_mm']} mm fields)",
-                  f"{hotspot['count']} mitoses in {hotspot['window_area_mm2']:.2f} mm² "
-                  f"({hotspot['tissue_area_mm2']:.2f} mm² tissue)")
+    table.add_row(
+        f"hotspot ({hotspot['fields']} HPF, {hotspot['field_diameter_mm']} mm fields)",
+        f"{hotspot['count']} mitoses in {hotspot['window_area_mm2']:.2f} mm² "
+        f"({hotspot['tissue_area_mm2']:.2f} mm² tissue)",
+    )
     table.add_row("Nottingham mitotic score", str(result["mitotic_score"]))
     table.add_row("resolution", f"{result['slide']['mpp_um_per_px']} µm/px ({result['slide']['mpp_source']})")
     table.add_row("model", f"{prov['model']['name']} v{prov['model']['version']} via {prov['model']['backend']}")
-    table.add_row("tiles", f"{prov['tiles']['total']} in {prov['timing']['seconds']} s "
-                           f"({prov['timing']['tiles_per_s']} tiles/s)")
+    table.add_row(
+        "tiles", f"{prov['tiles']['total']} in {prov['timing']['seconds']} s ({prov['timing']['tiles_per_s']} tiles/s)"
+    )
     table.add_row("outputs", str(out_dir))
     Console().print(table)
 
@@ -167,21 +208,26 @@ def synth(
     """Write a synthetic H&E slide with planted mitoses and look-alikes, plus its ground truth."""
     from mitoscope.synth import SynthParams, make_slide
 
-    params = SynthParams(width_px=width, height_px=height, seed=seed, mpp_um_per_px=mpp,
-                         mitoses_per_mm2=mitoses_per_mm2)
+    params = SynthParams(
+        width_px=width, height_px=height, seed=seed, mpp_um_per_px=mpp, mitoses_per_mm2=mitoses_per_mm2
+    )
     with console.status(f"painting a {width} x {height} px slide (seed {seed})"):
         truth_path = make_slide(out, params)
     import json
 
     truth = json.loads(truth_path.read_text())
-    print(f"wrote {out} ({truth['mitosis_count']} planted mitoses, {len(truth['lookalikes'])} look-alikes, "
-          f"{truth['tissue_area_mm2']:.2f} mm² tissue); truth: {truth_path}")
+    print(
+        f"wrote {out} ({truth['mitosis_count']} planted mitoses, {len(truth['lookalikes'])} look-alikes, "
+        f"{truth['tissue_area_mm2']:.2f} mm² tissue); truth: {truth_path}"
+    )
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo slide and its results.")] = Path("out/demo"),
-    shared: Annotated[Path, typer.Option(help="The shared data folder; its CMU-1 slide is scored too when present.")] = Path("../shared"),
+    shared: Annotated[
+        Path, typer.Option(help="The shared data folder; its CMU-1 slide is scored too when present.")
+    ] = Path("../shared"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic slide.")] = 7,
     size: Annotated[int, typer.Option(min=2048, max=32768, help="Side of the synthetic slide in pixels.")] = 12288,
 ) -> None:
@@ -231,8 +277,10 @@ def demo(
                     ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
                     MIDOG_MATCH_RADIUS_UM / truth["mpp_um_per_px"],
                 )
-                print(f"against the planted truth ({truth['mitosis_count']} mitoses, 7.5 µm match): "
-                      f"recall {counts.recall:.2f}, precision {counts.precision:.2f}, F1 {counts.f1:.2f}")
+                print(
+                    f"against the planted truth ({truth['mitosis_count']} mitoses, 7.5 µm match): "
+                    f"recall {counts.recall:.2f}, precision {counts.precision:.2f}, F1 {counts.f1:.2f}"
+                )
             print(f"overview picture: {out_dir / 'overview.png'}\n")
     finally:
         detector.close()

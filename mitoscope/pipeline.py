@@ -95,9 +95,15 @@ def prepare_slide(path: Path, options: ScoreOptions, model_mpp_um_per_px: float,
             small = cv2.resize(overview, size, interpolation=cv2.INTER_AREA)
         mask_scale = slide.info.width_px / small.shape[1]
         tissue = detect_tissue(small, mask_scale, mpp)
-        plan = plan_tiles(slide.info.width_px, slide.info.height_px, mpp, tissue,
-                          model_mpp_um_per_px=model_mpp_um_per_px, tile_px=tile_px,
-                          overlap_px=options.overlap_px)
+        plan = plan_tiles(
+            slide.info.width_px,
+            slide.info.height_px,
+            mpp,
+            tissue,
+            model_mpp_um_per_px=model_mpp_um_per_px,
+            tile_px=tile_px,
+            overlap_px=options.overlap_px,
+        )
         if not plan.tiles:
             raise NoTissueError(f"{path.name}: no tissue found on the slide; nothing to score")
     except BaseException:
@@ -117,8 +123,14 @@ def slide_colour_stats(slide: Slide, plan: TilePlan, sample_tiles: int = STATS_S
 
 def code_version() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
@@ -147,15 +159,21 @@ def score_slide(
             progress(0, len(plan.tiles))
         for batch in read_batches(slide, plan, options.batch_size):
             raw = backend.infer(normalise(batch.pixels))
-            for tile, detections in zip(batch.tiles, decode_yolo(raw, options.score_threshold,
-                                                                 options.iou_threshold)):
-                per_tile[tile.index] = detections
+            decoded = decode_yolo(raw, options.score_threshold, options.iou_threshold)
+            for tile, tile_detections in zip(batch.tiles, decoded, strict=True):
+                per_tile[tile.index] = tile_detections
             done += len(batch.tiles)
             if progress:
                 progress(done, len(plan.tiles))
         detections = merge_tile_detections(plan, per_tile, info.class_names, options.merge_radius_um)
-        summary = summarise(detections, slide.info.width_px, slide.info.height_px,
-                            prepared.mpp_um_per_px, prepared.tissue, options.field_diameter_mm)
+        summary = summarise(
+            detections,
+            slide.info.width_px,
+            slide.info.height_px,
+            prepared.mpp_um_per_px,
+            prepared.tissue,
+            options.field_diameter_mm,
+        )
         elapsed_s = time.perf_counter() - started
         slide_doc = {
             "name": display_name or path.name,
@@ -168,16 +186,29 @@ def score_slide(
         }
         provenance = {
             "code_version": code_version(),
-            "model": {"name": info.name, "version": info.version, "sha256": info.sha256,
-                      "input_size_px": info.input_size_px, "mpp_um_per_px": info.mpp_um_per_px,
-                      "class_names": list(info.class_names), "backend": backend.description},
-            "normalisation": {"method": "reinhard", "target_lab": info.reinhard_target_lab,
-                              "source_lab": asdict(source_stats)},
+            "model": {
+                "name": info.name,
+                "version": info.version,
+                "sha256": info.sha256,
+                "input_size_px": info.input_size_px,
+                "mpp_um_per_px": info.mpp_um_per_px,
+                "class_names": list(info.class_names),
+                "backend": backend.description,
+            },
+            "normalisation": {
+                "method": "reinhard",
+                "target_lab": info.reinhard_target_lab,
+                "source_lab": asdict(source_stats),
+            },
             "parameters": asdict(options),
-            "tiles": {"total": len(plan.tiles), "tile_px": plan.tile_px, "overlap_px": plan.overlap_px,
-                      "rows": plan.rows, "cols": plan.cols},
-            "timing": {"seconds": round(elapsed_s, 2),
-                       "tiles_per_s": round(len(plan.tiles) / max(elapsed_s, 1e-9), 2)},
+            "tiles": {
+                "total": len(plan.tiles),
+                "tile_px": plan.tile_px,
+                "overlap_px": plan.overlap_px,
+                "rows": plan.rows,
+                "cols": plan.cols,
+            },
+            "timing": {"seconds": round(elapsed_s, 2), "tiles_per_s": round(len(plan.tiles) / max(elapsed_s, 1e-9), 2)},
         }
         result = result_document(slide_doc, summary, detections, provenance)
         gallery = _gallery_crops(slide, result) if options.gallery else None
@@ -196,14 +227,20 @@ def _gallery_crops(slide: Slide, result: dict[str, Any]) -> list[tuple[np.ndarra
         crop = cv2.resize(slide.read_region(x0, y0, 0, size, size), (GALLERY_CROP_PX, GALLERY_CROP_PX))
         k = GALLERY_CROP_PX / size
         bx0, by0, bx1, by1 = det["box_px"]
-        cv2.rectangle(crop, (round((bx0 - x0) * k), round((by0 - y0) * k)),
-                      (round((bx1 - x0) * k), round((by1 - y0) * k)), (220, 20, 20), 2)
+        cv2.rectangle(
+            crop,
+            (round((bx0 - x0) * k), round((by0 - y0) * k)),
+            (round((bx1 - x0) * k), round((by1 - y0) * k)),
+            (220, 20, 20),
+            2,
+        )
         crops.append((crop, det["score"]))
     return crops
 
 
-def _write_outputs(out_dir: Path, result: dict[str, Any], overview: np.ndarray,
-                   gallery: list[tuple[np.ndarray, float]] | None) -> None:
+def _write_outputs(
+    out_dir: Path, result: dict[str, Any], overview: np.ndarray, gallery: list[tuple[np.ndarray, float]] | None
+) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:

@@ -84,9 +84,7 @@ class SynthImage:
         }
 
 
-def _smooth_field(
-    rng: np.random.Generator, height: int, width: int, sigma: float
-) -> npt.NDArray[np.float32]:
+def _smooth_field(rng: np.random.Generator, height: int, width: int, sigma: float) -> npt.NDArray[np.float32]:
     """Low-frequency noise in [0, 1], of the given size."""
     noise = rng.standard_normal((height, width)).astype(np.float32)
     blurred = cv2.GaussianBlur(noise, (0, 0), sigma)
@@ -94,9 +92,7 @@ def _smooth_field(
     return (blurred - lo) / max(hi - lo, 1e-6)
 
 
-def _tissue_mask_lowres(
-    rng: np.random.Generator, params: SynthParams, scale: int
-) -> npt.NDArray[np.float32]:
+def _tissue_mask_lowres(rng: np.random.Generator, params: SynthParams, scale: int) -> npt.NDArray[np.float32]:
     h, w = max(params.height_px // scale, 8), max(params.width_px // scale, 8)
     field_ = _smooth_field(rng, h, w, sigma=max(min(h, w) / 10, 2.0))
     # Fade to glass at the edges so islands sit inside the slide.
@@ -126,14 +122,10 @@ def _paint_blob(
     canvas[cy0:cy1, cx0:cx1] = (region * (1.0 - a) + color * a).astype(np.uint8)
 
 
-def _ellipse_alpha(
-    size: int, axes: tuple[float, float], angle_deg: float, blur: float
-) -> npt.NDArray[np.float32]:
+def _ellipse_alpha(size: int, axes: tuple[float, float], angle_deg: float, blur: float) -> npt.NDArray[np.float32]:
     patch = np.zeros((size, size), np.float32)
     c = size // 2
-    cv2.ellipse(
-        patch, (c, c), (max(int(axes[0]), 1), max(int(axes[1]), 1)), angle_deg, 0, 360, 1.0, -1
-    )
+    cv2.ellipse(patch, (c, c), (max(int(axes[0]), 1), max(int(axes[1]), 1)), angle_deg, 0, 360, 1.0, -1)
     return cv2.GaussianBlur(patch, (0, 0), blur) if blur > 0 else patch
 
 
@@ -250,7 +242,7 @@ def _sample_positions(
     if count <= 0 or flat.sum() <= 0:
         return []
     prob = flat / flat.sum()
-    h, w = weights_lowres.shape
+    w = weights_lowres.shape[1]
     out: list[tuple[float, float]] = []
     for _ in range(count):
         for _ in range(max_tries):
@@ -273,7 +265,7 @@ def synthesize(params: SynthParams) -> SynthImage:
     h, w = params.height_px, params.width_px
     scale = 32  # low-resolution grid for the fields that vary slowly
     tissue_low = _tissue_mask_lowres(rng, params, scale)
-    nests_low = _smooth_field(rng, *tissue_low.shape, sigma=3.0)
+    nests_low = _smooth_field(rng, tissue_low.shape[0], tissue_low.shape[1], sigma=3.0)
     # Smooth the coarse mask before thresholding so island outlines are curves, not steps.
     tissue = cv2.resize(tissue_low, (w, h), interpolation=cv2.INTER_LINEAR)
     tissue = cv2.GaussianBlur(tissue, (0, 0), scale / 2)
@@ -305,7 +297,7 @@ def synthesize(params: SynthParams) -> SynthImage:
     nuclei_weight = tissue_low * (0.15 + nests_low**2)
     n_nuclei = int(params.nuclei_per_mm2 * tissue_mm2)
     flat = nuclei_weight.ravel().astype(np.float64)
-    lh, lw = nuclei_weight.shape
+    lw = nuclei_weight.shape[1]
     if n_nuclei > 0 and flat.sum() > 0:
         cells = rng.choice(flat.size, size=n_nuclei, p=flat / flat.sum())
         for idx in cells:
@@ -324,7 +316,7 @@ def synthesize(params: SynthParams) -> SynthImage:
     if inner.sum() == 0:
         inner = tissue_low
     mitosis_weight = inner * (1.0 + params.hotspot_boost * hot)
-    n_mitoses = int(round(params.mitoses_per_mm2 * tissue_mm2))
+    n_mitoses = round(params.mitoses_per_mm2 * tissue_mm2)
     taken: list[tuple[float, float]] = []
     spacing_px = MIN_MITOSIS_SPACING_UM * px_per_um
     mitoses: list[PlantedFigure] = []
@@ -337,12 +329,13 @@ def synthesize(params: SynthParams) -> SynthImage:
         cx, cy = int(x) - s + halo.shape[0] / 2, int(y) - s + halo.shape[0] / 2
         bx = (cx + box[0], cy + box[1], cx + box[2], cy + box[3])
         mitoses.append(
-            PlantedFigure(kind, round((bx[0] + bx[2]) / 2, 1), round((bx[1] + bx[3]) / 2, 1),
-                          tuple(round(v, 1) for v in bx))  # type: ignore[arg-type]
+            PlantedFigure(
+                kind, round((bx[0] + bx[2]) / 2, 1), round((bx[1] + bx[3]) / 2, 1), tuple(round(v, 1) for v in bx)
+            )  # type: ignore[arg-type]
         )
 
     lookalikes: list[PlantedFigure] = []
-    n_look = int(round(params.lookalikes_per_mm2 * tissue_mm2))
+    n_look = round(params.lookalikes_per_mm2 * tissue_mm2)
     for x, y in _sample_positions(rng, inner, scale, n_look, 20 * px_per_um, taken):
         kind = str(rng.choice(LOOKALIKE_KINDS))
         back, dark, back_rgb = _lookalike(rng, kind, px_per_um)
@@ -351,8 +344,7 @@ def synthesize(params: SynthParams) -> SynthImage:
         _paint_blob(canvas, dark, int(x) - s, int(y) - s, LYMPHOCYTE_RGB)
         r = s * 0.6
         lookalikes.append(
-            PlantedFigure(kind, float(int(x)), float(int(y)),
-                          (int(x) - r, int(y) - r, int(x) + r, int(y) + r))
+            PlantedFigure(kind, float(int(x)), float(int(y)), (int(x) - r, int(y) - r, int(x) + r, int(y) + r))
         )
 
     # Scanner optics and sensor noise, band by band to bound memory.

@@ -36,8 +36,9 @@ def _prepend_uint8_nhwc(model_path: Path, out_path: Path, metadata: dict[str, st
     for node in graph.node:
         node.input[:] = [float_name if name == old_name else name for name in node.input]
     graph.input.remove(old_input)
-    graph.input.insert(0, helper.make_tensor_value_info(
-        INPUT_NAME, TensorProto.UINT8, ["batch", INPUT_SIZE_PX, INPUT_SIZE_PX, 3]))
+    graph.input.insert(
+        0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", INPUT_SIZE_PX, INPUT_SIZE_PX, 3])
+    )
     scale = helper.make_tensor("uint8_scale", TensorProto.FLOAT, [], [1.0 / 255.0])
     graph.initializer.append(scale)
     pre = [
@@ -76,8 +77,11 @@ def export_yolo(
         local = Path(tmp) / "model.pt"
         shutil.copy(weights, local)
         yolo = YOLO(str(local))
-        exported = Path(yolo.export(format="onnx", imgsz=INPUT_SIZE_PX, dynamic=True, opset=OPSET,
-                                    simplify=True, nms=False, device="cpu"))
+        exported = Path(
+            yolo.export(
+                format="onnx", imgsz=INPUT_SIZE_PX, dynamic=True, opset=OPSET, simplify=True, nms=False, device="cpu"
+            )
+        )
         names = [yolo.names[i] for i in sorted(yolo.names)]
         metadata = {
             "mitoscope.model_name": model_name,

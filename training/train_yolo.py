@@ -24,11 +24,14 @@ def _offline_ultralytics() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".cache" / "ultralytics"))
     from ultralytics import settings
 
-    off = ("sync", "clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb",
-           "vscode_msg", "openvino_msg")
+    off = ("sync", "clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "vscode_msg", "openvino_msg")
     settings.update({key: False for key in off if key in settings})
-    settings.update({"weights_dir": str(REPO / ".cache" / "ultralytics" / "weights"),
-                     "datasets_dir": str(REPO / ".cache" / "ultralytics" / "datasets")})
+    settings.update(
+        {
+            "weights_dir": str(REPO / ".cache" / "ultralytics" / "weights"),
+            "datasets_dir": str(REPO / ".cache" / "ultralytics" / "datasets"),
+        }
+    )
 
 
 def dataset_sha256(dataset_dir: Path) -> str:
@@ -49,8 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-yaml", default="yolov5n.yaml")
-    parser.add_argument("--install", type=Path, default=REPO / "model_repository" / "yolov5n_mitosis",
-                        help="model folder to install the exported ONNX into")
+    parser.add_argument(
+        "--install",
+        type=Path,
+        default=REPO / "model_repository" / "yolov5n_mitosis",
+        help="model folder to install the exported ONNX into",
+    )
     args = parser.parse_args(argv)
 
     _offline_ultralytics()
@@ -71,20 +78,49 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     model = YOLO(args.model_yaml, task="detect")
     model.train(
-        data=str(dataset_dir / "data.yaml"), epochs=args.epochs, imgsz=256, batch=args.batch,
-        device="cpu", workers=2, seed=args.seed, deterministic=True, pretrained=False,
-        project=str(args.out.resolve()), name="train", exist_ok=True, plots=False, amp=False,
-        optimizer="AdamW", lr0=0.002, cos_lr=True, patience=100, close_mosaic=5,
-        mosaic=1.0, fliplr=0.5, flipud=0.5, degrees=0.0, scale=0.25, translate=0.1,
-        hsv_h=0.01, hsv_s=0.3, hsv_v=0.25, verbose=True,
+        data=str(dataset_dir / "data.yaml"),
+        epochs=args.epochs,
+        imgsz=256,
+        batch=args.batch,
+        device="cpu",
+        workers=2,
+        seed=args.seed,
+        deterministic=True,
+        pretrained=False,
+        project=str(args.out.resolve()),
+        name="train",
+        exist_ok=True,
+        plots=False,
+        amp=False,
+        optimizer="AdamW",
+        lr0=0.002,
+        cos_lr=True,
+        patience=100,
+        close_mosaic=5,
+        mosaic=1.0,
+        fliplr=0.5,
+        flipud=0.5,
+        degrees=0.0,
+        scale=0.25,
+        translate=0.1,
+        hsv_h=0.01,
+        hsv_s=0.3,
+        hsv_v=0.25,
+        verbose=True,
     )
     train_s = time.time() - started
     best = args.out / "train" / "weights" / "best.pt"
     onnx_export.export_yolo(
-        best, args.install / "1" / "model.onnx",
-        target_lab=manifest["target_lab"], training_data_sha256=dataset_sha256(dataset_dir),
-        extra={"train_seconds": f"{train_s:.0f}", "epochs": str(args.epochs),
-               "recipe": "python -m training.train_yolo", "data": json.dumps(manifest["counts"])},
+        best,
+        args.install / "1" / "model.onnx",
+        target_lab=manifest["target_lab"],
+        training_data_sha256=dataset_sha256(dataset_dir),
+        extra={
+            "train_seconds": f"{train_s:.0f}",
+            "epochs": str(args.epochs),
+            "recipe": "python -m training.train_yolo",
+            "data": json.dumps(manifest["counts"]),
+        },
     )
     print(f"trained in {train_s:.0f} s; installed {args.install / '1' / 'model.onnx'}")
 

@@ -42,7 +42,7 @@ def read_amibr(amibr_dir: Path) -> list[Crop]:
     with (amibr_dir / "amibr_patch_points.csv").open() as f:
         for row in csv.DictReader(f):
             points[row["patch"]].append((float(row["mf_x_in_patch"]), float(row["mf_y_in_patch"])))
-            slides[row["patch"]] = f'{row["dataset"]}/{row["slide"]}'
+            slides[row["patch"]] = f"{row['dataset']}/{row['slide']}"
     return [Crop(amibr_dir / p, slides[p], tuple(pts)) for p, pts in sorted(points.items())]
 
 
@@ -65,8 +65,9 @@ def _load_rgb(path: Path) -> npt.NDArray[np.uint8]:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _write(image_dir: Path, label_dir: Path, name: str, rgb: npt.NDArray[np.uint8],
-           centres: list[tuple[float, float]]) -> None:
+def _write(
+    image_dir: Path, label_dir: Path, name: str, rgb: npt.NDArray[np.uint8], centres: list[tuple[float, float]]
+) -> None:
     cv2.imwrite(str(image_dir / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     h, w = rgb.shape[:2]
     lines = []
@@ -75,8 +76,7 @@ def _write(image_dir: Path, label_dir: Path, name: str, rgb: npt.NDArray[np.uint
         x1, y1 = min(x + BOX_PX / 2, w), min(y + BOX_PX / 2, h)
         if x1 - x0 < BOX_PX / 4 or y1 - y0 < BOX_PX / 4:
             continue
-        lines.append(f"0 {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
-                     f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
+        lines.append(f"0 {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
     (label_dir / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
@@ -103,15 +103,26 @@ def build(out_dir: Path, amibr_dir: Path | None, synth_images: int, seed: int) -
     synth: list[tuple[str, SynthParams]] = []
     for k in range(synth_images):
         split = "val" if k % 5 == 4 else "train"
-        synth.append((split, SynthParams(2048, 2048, seed=10_000 + seed * 100 + k,
-                                         tissue_fraction=0.75, mitoses_per_mm2=60.0,
-                                         lookalikes_per_mm2=120.0, hotspot_boost=0.0)))
+        synth.append(
+            (
+                split,
+                SynthParams(
+                    2048,
+                    2048,
+                    seed=10_000 + seed * 100 + k,
+                    tissue_fraction=0.75,
+                    mitoses_per_mm2=60.0,
+                    lookalikes_per_mm2=120.0,
+                    hotspot_boost=0.0,
+                ),
+            )
+        )
     synth_rendered = [(split, synthesize(p)) for split, p in synth]
     synth_stats = [stats_from_images([img.rgb]) for _, img in synth_rendered]
 
     # The target is the average training-slide statistic: the model sees colours near it.
     train_stats = [s for slide, s in slide_stats.items() if split_of[slide] == "train"]
-    train_stats += [s for (split, _), s in zip(synth_rendered, synth_stats) if split == "train"]
+    train_stats += [s for (split, _), s in zip(synth_rendered, synth_stats, strict=True) if split == "train"]
     target = LabStats(
         tuple(float(np.mean([s.mean[c] for s in train_stats])) for c in range(3)),  # type: ignore[arg-type]
         tuple(float(np.mean([s.std[c] for s in train_stats])) for c in range(3)),  # type: ignore[arg-type]
@@ -134,25 +145,32 @@ def build(out_dir: Path, amibr_dir: Path | None, synth_images: int, seed: int) -
                 norm = ReinhardNormaliser(slide_stats[crop.source_slide], target)
                 canvas[oy : oy + CROP_PX, ox : ox + CROP_PX] = norm(_load_rgb(crop.path))
                 centres += [(x + ox, y + oy) for x, y in crop.points]
-            _write(out_dir / "images" / split, out_dir / "labels" / split,
-                   f"amibr_{i // 4:05d}", canvas, centres)
+            _write(out_dir / "images" / split, out_dir / "labels" / split, f"amibr_{i // 4:05d}", canvas, centres)
             counts[f"{split}_amibr_images"] += 1
 
     # Synthetic tiles: every tile with a mitosis, plus tissue tiles without one as negatives.
-    for (split, image), stats in zip(synth_rendered, synth_stats):
+    for (split, image), stats in zip(synth_rendered, synth_stats, strict=True):
         norm = ReinhardNormaliser(stats, target)
         rgb = norm(image.rgb)
         params = image.params
         for ty in range(0, params.height_px - IMAGE_PX + 1, IMAGE_PX):
             for tx in range(0, params.width_px - IMAGE_PX + 1, IMAGE_PX):
                 tile = rgb[ty : ty + IMAGE_PX, tx : tx + IMAGE_PX]
-                centres = [(m.x_px - tx, m.y_px - ty) for m in image.mitoses
-                           if tx <= m.x_px < tx + IMAGE_PX and ty <= m.y_px < ty + IMAGE_PX]
+                centres = [
+                    (m.x_px - tx, m.y_px - ty)
+                    for m in image.mitoses
+                    if tx <= m.x_px < tx + IMAGE_PX and ty <= m.y_px < ty + IMAGE_PX
+                ]
                 has_tissue = float((tile.mean(axis=2) < 215).mean()) > 0.5
                 if not centres and (not has_tissue or rng.random() > 0.35):
                     continue
-                _write(out_dir / "images" / split, out_dir / "labels" / split,
-                       f"synth_{params.seed}_{ty}_{tx}", np.ascontiguousarray(tile), centres)
+                _write(
+                    out_dir / "images" / split,
+                    out_dir / "labels" / split,
+                    f"synth_{params.seed}_{ty}_{tx}",
+                    np.ascontiguousarray(tile),
+                    centres,
+                )
                 counts[f"{split}_synth_images"] += 1
 
     manifest["counts"] = dict(counts)

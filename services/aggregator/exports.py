@@ -14,15 +14,30 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-CSV_COLUMNS = ("id", "x_px", "y_px", "x_um", "y_um", "box_x0_px", "box_y0_px", "box_x1_px",
-               "box_y1_px", "score", "class", "tile_index", "in_hotspot")
+CSV_COLUMNS = (
+    "id",
+    "x_px",
+    "y_px",
+    "x_um",
+    "y_um",
+    "box_x0_px",
+    "box_y0_px",
+    "box_x1_px",
+    "box_y1_px",
+    "score",
+    "class",
+    "tile_index",
+    "in_hotspot",
+)
 MITOSIS_RGB = (220, 20, 20)
 HOTSPOT_RGB = (0, 160, 60)
 
 
 def _in_hotspot(det: dict[str, Any], hotspot: dict[str, Any]) -> bool:
-    return (hotspot["x_px"] <= det["x_px"] < hotspot["x_px"] + hotspot["width_px"]
-            and hotspot["y_px"] <= det["y_px"] < hotspot["y_px"] + hotspot["height_px"])
+    return (
+        hotspot["x_px"] <= det["x_px"] < hotspot["x_px"] + hotspot["width_px"]
+        and hotspot["y_px"] <= det["y_px"] < hotspot["y_px"] + hotspot["height_px"]
+    )
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -34,33 +49,37 @@ def geojson_document(result: dict[str, Any]) -> dict[str, Any]:
     features: list[dict[str, Any]] = []
     for det in result["detections"]:
         x0, y0, x1, y1 = det["box_px"]
-        features.append({
-            "type": "Feature",
-            "id": f"mitosis-{det['id']}",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-            "properties": {
-                "objectType": "detection",
-                "classification": {"name": det["class"].capitalize(), "color": list(MITOSIS_RGB)},
-                "measurements": {"score": det["score"], "centroid_x_px": det["x_px"],
-                                 "centroid_y_px": det["y_px"]},
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"mitosis-{det['id']}",
+                "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": det["class"].capitalize(), "color": list(MITOSIS_RGB)},
+                    "measurements": {"score": det["score"], "centroid_x_px": det["x_px"], "centroid_y_px": det["y_px"]},
+                },
+            }
+        )
     h = result["hotspot"]
     x0, y0, x1, y1 = h["x_px"], h["y_px"], h["x_px"] + h["width_px"], h["y_px"] + h["height_px"]
-    features.append({
-        "type": "Feature",
-        "id": "hotspot",
-        "geometry": {"type": "Polygon",
-                     "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-        "properties": {
-            "objectType": "annotation",
-            "name": f"Hotspot ({h['fields']} HPF): {h['count']} mitoses",
-            "classification": {"name": "Hotspot", "color": list(HOTSPOT_RGB)},
-            "measurements": {"mitoses": h["count"], "area_mm2": round(h["window_area_mm2"], 4),
-                             "mitotic_score": result["mitotic_score"]},
-        },
-    })
+    features.append(
+        {
+            "type": "Feature",
+            "id": "hotspot",
+            "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+            "properties": {
+                "objectType": "annotation",
+                "name": f"Hotspot ({h['fields']} HPF): {h['count']} mitoses",
+                "classification": {"name": "Hotspot", "color": list(HOTSPOT_RGB)},
+                "measurements": {
+                    "mitoses": h["count"],
+                    "area_mm2": round(h["window_area_mm2"], 4),
+                    "mitotic_score": result["mitotic_score"],
+                },
+            },
+        }
+    )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -74,9 +93,20 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for det in result["detections"]:
-            writer.writerow([det["id"], det["x_px"], det["y_px"], round(det["x_px"] * mpp, 2),
-                             round(det["y_px"] * mpp, 2), *det["box_px"], det["score"], det["class"],
-                             det["tile_index"], int(_in_hotspot(det, result["hotspot"]))])
+            writer.writerow(
+                [
+                    det["id"],
+                    det["x_px"],
+                    det["y_px"],
+                    round(det["x_px"] * mpp, 2),
+                    round(det["y_px"] * mpp, 2),
+                    *det["box_px"],
+                    det["score"],
+                    det["class"],
+                    det["tile_index"],
+                    int(_in_hotspot(det, result["hotspot"])),
+                ]
+            )
 
 
 def render_overview(result: dict[str, Any], thumbnail: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -94,12 +124,15 @@ def render_overview(result: dict[str, Any], thumbnail: npt.NDArray[np.uint8]) ->
         cv2.circle(canvas, centre, radius, MITOSIS_RGB, -1, cv2.LINE_AA)
     caption_h = 44
     out = np.full((canvas.shape[0] + caption_h, canvas.shape[1], 3), 255, np.uint8)
-    out[:canvas.shape[0]] = canvas
-    text = (f"{result['mitosis_count']} mitoses | hotspot {h['count']} / {h['fields']} HPF | "
-            f"score {result['mitotic_score']} | {result['density_per_mm2']:.2f} /mm2 tissue")
+    out[: canvas.shape[0]] = canvas
+    text = (
+        f"{result['mitosis_count']} mitoses | hotspot {h['count']} / {h['fields']} HPF | "
+        f"score {result['mitotic_score']} | {result['density_per_mm2']:.2f} /mm2 tissue"
+    )
     font_scale = max(0.35, min(0.7, canvas.shape[1] / 1400))
-    cv2.putText(out, text, (8, canvas.shape[0] + 28), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                (30, 30, 30), 1, cv2.LINE_AA)
+    cv2.putText(
+        out, text, (8, canvas.shape[0] + 28), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (30, 30, 30), 1, cv2.LINE_AA
+    )
     return out
 
 
@@ -119,8 +152,10 @@ def render_gallery(crops: list[tuple[npt.NDArray[np.uint8], float]], columns: in
         r, c = divmod(i, columns)
         y, x = r * (size + 4), c * (size + 4)
         sheet[y : y + size, x : x + size] = crop
-        cv2.putText(sheet, f"{score:.2f}", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 2, cv2.LINE_AA)
-        cv2.putText(sheet, f"{score:.2f}", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (20, 20, 20), 1, cv2.LINE_AA)
+        cv2.putText(
+            sheet, f"{score:.2f}", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 2, cv2.LINE_AA
+        )
+        cv2.putText(
+            sheet, f"{score:.2f}", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (20, 20, 20), 1, cv2.LINE_AA
+        )
     return sheet

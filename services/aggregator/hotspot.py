@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from services.aggregator.grading import HOTSPOT_FIELDS, field_area_mm2
@@ -61,14 +60,12 @@ def find_hotspot(
         ix = min(int(det.x_px // step_px), nx - 1)
         iy = min(int(det.y_px // step_px), ny - 1)
         counts[iy, ix] += 1
-    # Tissue area (mm²) per grid cell, from the mask resampled onto the same grid.
-    mask = tissue.mask.astype(np.float32)
-    mask_cell_px = step_px / tissue.level0_px_per_mask_px
-    padded = np.zeros((math.ceil(ny * mask_cell_px), math.ceil(nx * mask_cell_px)), np.float32)
-    h, w = min(mask.shape[0], padded.shape[0]), min(mask.shape[1], padded.shape[1])
-    padded[:h, :w] = mask[:h, :w]
-    tissue_fraction = cv2.resize(padded, (nx, ny), interpolation=cv2.INTER_AREA)
-    tissue_cells_mm2 = tissue_fraction.astype(np.float64) * (step_px * mpp_um_per_px / 1000.0) ** 2
+    # Tissue area (mm²) per grid cell: each mask pixel adds its area to the cell holding its centre.
+    ys, xs = np.nonzero(tissue.mask)
+    cell_x = np.minimum(((xs + 0.5) * tissue.level0_px_per_mask_px // step_px).astype(np.int64), nx - 1)
+    cell_y = np.minimum(((ys + 0.5) * tissue.level0_px_per_mask_px // step_px).astype(np.int64), ny - 1)
+    tissue_cells_mm2 = np.zeros((ny, nx), np.float64)
+    np.add.at(tissue_cells_mm2, (cell_y, cell_x), (tissue.level0_px_per_mask_px * mpp_um_per_px / 1000.0) ** 2)
 
     kx, ky = min(STEPS_PER_WINDOW, nx), min(STEPS_PER_WINDOW, ny)
     count_windows = _window_sums(counts, kx, ky)
@@ -76,15 +73,19 @@ def find_hotspot(
     # Lexicographic: most mitoses, then most tissue; argmax returns the first in reading order.
     best_count = count_windows.max()
     candidates = np.where(count_windows == best_count, tissue_windows, -1.0)
-    iy, ix = np.unravel_index(int(np.argmax(candidates)), candidates.shape)
+    iy, ix = (int(i) for i in np.unravel_index(int(np.argmax(candidates)), candidates.shape))
     x0, y0 = ix * step_px, iy * step_px
-    width = min(kx * step_px, slide_width_px - x0) if kx < STEPS_PER_WINDOW else kx * step_px
-    height = min(ky * step_px, slide_height_px - y0) if ky < STEPS_PER_WINDOW else ky * step_px
-    width, height = min(width, slide_width_px), min(height, slide_height_px)
+    # Clipped to the slide: a window over the slide's edge covers less, and says so in its area.
+    width = min(kx * step_px, slide_width_px - x0)
+    height = min(ky * step_px, slide_height_px - y0)
     return Hotspot(
-        x_px=float(x0), y_px=float(y0), width_px=float(width), height_px=float(height),
+        x_px=float(x0),
+        y_px=float(y0),
+        width_px=float(width),
+        height_px=float(height),
         count=int(best_count),
         window_area_mm2=float(width * height * (mpp_um_per_px / 1000.0) ** 2),
         tissue_area_mm2=float(tissue_windows[iy, ix]),
-        fields=fields, field_diameter_mm=field_diameter_mm,
+        fields=fields,
+        field_diameter_mm=field_diameter_mm,
     )

@@ -2,11 +2,12 @@
 
 Two rules, in order:
 1. ownership: a tile keeps only detections whose centre lies in its core (the tile minus half
-   the overlap on each side that has a neighbouring tile in the plan), so the overlap is
-   judged by exactly one tile;
+   the overlap on each side that has a neighbouring tile in the plan), widened by the merge
+   radius so a figure whose centre estimate differs slightly between two tiles is never
+   dropped by both;
 2. clustering: detections closer than 7.5 µm (the MIDOG match radius) are one figure; the
-   highest-scoring one stands for the cluster. This catches a figure whose centre estimate
-   differs slightly between two tiles near a core boundary.
+   highest-scoring one stands for the cluster, so a figure kept by two widened cores counts
+   once.
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ class SlideDetection:
     tile_index: int
 
 
-def owned_bounds(plan: TilePlan, tile: Tile, occupied: set[tuple[int, int]]) -> tuple[float, float, float, float]:
-    """The core of `tile` in tile pixels; a side without a planned neighbour is unbounded."""
-    half = plan.overlap_px / 2
-    x0 = half if (tile.row, tile.col - 1) in occupied else -math.inf
-    y0 = half if (tile.row - 1, tile.col) in occupied else -math.inf
-    x1 = plan.tile_px - half if (tile.row, tile.col + 1) in occupied else math.inf
-    y1 = plan.tile_px - half if (tile.row + 1, tile.col) in occupied else math.inf
+def owned_bounds(
+    plan: TilePlan, tile: Tile, occupied: set[tuple[int, int]], margin_px: float = 0.0
+) -> tuple[float, float, float, float]:
+    """The core of `tile` in tile pixels, widened by `margin_px`; a side without a planned
+    neighbour is unbounded."""
+    inner = plan.overlap_px / 2 - margin_px
+    x0 = inner if (tile.row, tile.col - 1) in occupied else -math.inf
+    y0 = inner if (tile.row - 1, tile.col) in occupied else -math.inf
+    x1 = plan.tile_px - inner if (tile.row, tile.col + 1) in occupied else math.inf
+    y1 = plan.tile_px - inner if (tile.row + 1, tile.col) in occupied else math.inf
     return x0, y0, x1, y1
 
 
@@ -48,24 +52,34 @@ def to_slide_detections(
     detections: TileDetections,
     class_names: tuple[str, ...],
     occupied: set[tuple[int, int]],
+    margin_px: float,
 ) -> list[SlideDetection]:
     scale = plan.level0_px_per_tile_px
     origin_x, origin_y = tile.level0_origin(scale)
-    bx0, by0, bx1, by1 = owned_bounds(plan, tile, occupied)
+    bx0, by0, bx1, by1 = owned_bounds(plan, tile, occupied, margin_px)
     out = []
-    for box, score, class_id in zip(detections.boxes_px, detections.scores, detections.class_ids):
+    for box, score, class_id in zip(detections.boxes_px, detections.scores, detections.class_ids, strict=True):
         cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
         if not (bx0 <= cx < bx1 and by0 <= cy < by1):
             continue
-        out.append(SlideDetection(
-            x_px=origin_x + cx * scale,
-            y_px=origin_y + cy * scale,
-            box_px=tuple(float(v) for v in (origin_x + box[0] * scale, origin_y + box[1] * scale,
-                                            origin_x + box[2] * scale, origin_y + box[3] * scale)),  # type: ignore[arg-type]
-            score=float(score),
-            class_name=class_names[int(class_id)],
-            tile_index=tile.index,
-        ))
+        out.append(
+            SlideDetection(
+                x_px=origin_x + cx * scale,
+                y_px=origin_y + cy * scale,
+                box_px=tuple(
+                    float(v)
+                    for v in (
+                        origin_x + box[0] * scale,
+                        origin_y + box[1] * scale,
+                        origin_x + box[2] * scale,
+                        origin_y + box[3] * scale,
+                    )
+                ),  # type: ignore[arg-type]
+                score=float(score),
+                class_name=class_names[int(class_id)],
+                tile_index=tile.index,
+            )
+        )
     return out
 
 
@@ -91,9 +105,10 @@ def merge_tile_detections(
     radius_um: float = DEFAULT_MERGE_RADIUS_UM,
 ) -> list[SlideDetection]:
     occupied = {(t.row, t.col) for t in plan.tiles}
+    margin_px = radius_um / plan.model_mpp_um_per_px
     candidates: list[SlideDetection] = []
     for tile in plan.tiles:
         detections = per_tile.get(tile.index)
         if detections is not None and len(detections):
-            candidates += to_slide_detections(plan, tile, detections, class_names, occupied)
+            candidates += to_slide_detections(plan, tile, detections, class_names, occupied, margin_px)
     return cluster_detections(candidates, radius_um / plan.slide_mpp_um_per_px)

@@ -58,9 +58,15 @@ def result_document(
         "hotspot": {**asdict(hotspot), "count_per_mm2": round(hotspot.count_per_mm2, 4)},
         "mitotic_score": summary.mitotic_score,
         "detections": [
-            {"id": i + 1, "x_px": round(d.x_px, 1), "y_px": round(d.y_px, 1),
-             "box_px": [round(v, 1) for v in d.box_px], "score": round(d.score, 4),
-             "class": d.class_name, "tile_index": d.tile_index}
+            {
+                "id": i + 1,
+                "x_px": round(d.x_px, 1),
+                "y_px": round(d.y_px, 1),
+                "box_px": [round(v, 1) for v in d.box_px],
+                "score": round(d.score, 4),
+                "class": d.class_name,
+                "tile_index": d.tile_index,
+            }
             for i, d in enumerate(detections)
         ],
         "provenance": provenance,

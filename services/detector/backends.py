@@ -46,8 +46,7 @@ def _check_batch(tiles: npt.NDArray[np.uint8], info: ModelInfo) -> None:
     size = info.input_size_px
     if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (size, size, 3):
         raise ModelError(
-            f"model {info.name} expects uint8 tiles of shape (n, {size}, {size}, 3), "
-            f"got {tiles.dtype} {tiles.shape}"
+            f"model {info.name} expects uint8 tiles of shape (n, {size}, {size}, 3), got {tiles.dtype} {tiles.shape}"
         )
 
 
@@ -110,15 +109,13 @@ class TritonBackend:
         except InferenceServerException as e:
             raise self._translate(e) from e
         params = {k: v.get("string_value", "") for k, v in config["config"].get("parameters", {}).items()}
-        self.info = ModelInfo.from_metadata(params, params.get("mitoscope.model_sha256", ""),
-                                            f"triton:{model_name}")
+        self.info = ModelInfo.from_metadata(params, params.get("mitoscope.model_sha256", ""), f"triton:{model_name}")
         self.description = f"triton grpc ({url}, model {model_name})"
 
     def _translate(self, error: Exception) -> InferenceServerError:
         status = str(getattr(error, "status", lambda: "")())
         if "DEADLINE_EXCEEDED" in status or "Deadline" in str(error):
-            return InferenceTimeoutError(
-                f"Triton at {self._url} did not answer within {self._timeout_s} s: {error}")
+            return InferenceTimeoutError(f"Triton at {self._url} did not answer within {self._timeout_s} s: {error}")
         return InferenceServerError(f"Triton at {self._url} failed: {error}")
 
     def infer(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -130,7 +127,9 @@ class TritonBackend:
             request.set_data_from_numpy(chunk)
             try:
                 result = self._client.infer(
-                    self._model, [request], outputs=[self._grpc.InferRequestedOutput(OUTPUT_NAME)],
+                    self._model,
+                    [request],
+                    outputs=[self._grpc.InferRequestedOutput(OUTPUT_NAME)],
                     client_timeout=self._timeout_s,
                 )
             except self._error_type as e:

@@ -14,8 +14,15 @@ from pathlib import Path
 from services.detector.errors import ModelError, UnknownModelError
 
 METADATA_PREFIX = "mitoscope."
-REQUIRED_KEYS = ("model_name", "model_version", "input_size_px", "mpp_um_per_px", "class_names",
-                 "output_format", "reinhard_target_lab")
+REQUIRED_KEYS = (
+    "model_name",
+    "model_version",
+    "input_size_px",
+    "mpp_um_per_px",
+    "class_names",
+    "output_format",
+    "reinhard_target_lab",
+)
 SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores",)
 DEFAULT_MODEL_NAME = "yolov5n_mitosis"
 
@@ -34,7 +41,7 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], sha256: str, source: str) -> ModelInfo:
-        props = {k[len(METADATA_PREFIX):]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
+        props = {k[len(METADATA_PREFIX) :]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
         missing = [k for k in REQUIRED_KEYS if k not in props]
         if missing:
             raise ModelError(
@@ -75,8 +82,9 @@ def resolve_model_path(model: str, repository: Path) -> Path:
             raise UnknownModelError(f"{model}: no such model file")
         return as_path
     folder = repository / model
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True) \
-        if folder.is_dir() else []
+    versions = (
+        sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True) if folder.is_dir() else []
+    )
     for version in versions:
         candidate = folder / str(version) / "model.onnx"
         if candidate.is_file():

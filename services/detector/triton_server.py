@@ -50,7 +50,12 @@ class TritonInstall:
         """A backends folder with the Python backend and the stub for this venv's Python."""
         python_version = next(self.venv.glob("lib/python3*")).name.removeprefix("python")
         target = cache_dir / f"triton-backends-py{python_version}"
-        stub = self.site_packages / "pytriton/tritonserver/python_backend_stubs" / python_version / "triton_python_backend_stub"
+        stub = (
+            self.site_packages
+            / "pytriton/tritonserver/python_backend_stubs"
+            / python_version
+            / "triton_python_backend_stub"
+        )
         if not (target / "python" / "triton_python_backend_stub").exists():
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -98,22 +103,30 @@ class TritonServer:
         backends = self.install.backend_directory(self.cache_dir)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            [str(self.install.site_packages / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH", "")])
+            [str(self.install.site_packages / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH", "")]
+        )
         env["PATH"] = os.pathsep.join([str(self.install.venv / "bin"), env.get("PATH", "")])
         env.pop("PYTHONPATH", None)
         command = [
             str(self.install.binary),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backends}",
-            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false", "--allow-sagemaker=false", "--allow-vertex-ai=false",
-            "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--allow-sagemaker=false",
+            "--allow-vertex-ai=false",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--log-verbose=0",
         ]
         log.info("starting tritonserver on %s", self.grpc_url)
         self._log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self._process = subprocess.Popen(
+            command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -126,7 +139,8 @@ class TritonServer:
                 assert self._process is not None
                 if self._process.poll() is not None:
                     raise TritonServerError(
-                        f"tritonserver exited with code {self._process.returncode}; see {self.log_path}")
+                        f"tritonserver exited with code {self._process.returncode}; see {self.log_path}"
+                    )
                 try:
                     if client.is_server_ready(client_timeout=2.0):
                         return
@@ -155,6 +169,7 @@ class TritonServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

