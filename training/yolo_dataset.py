@@ -58,7 +58,7 @@ def split_slides(slides: list[str], seed: int, test_frac: float, val_frac: float
     return split
 
 
-def _load_rgb(path: Path) -> npt.NDArray[np.uint8]:
+def load_rgb(path: Path) -> npt.NDArray[np.uint8]:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot read image {path}")
@@ -97,7 +97,7 @@ def build(out_dir: Path, amibr_dir: Path | None, synth_images: int, seed: int) -
         for crop in crops:
             by_slide[crop.source_slide].append(crop)
         for slide, members in sorted(by_slide.items()):
-            slide_stats[slide] = stats_from_images([_load_rgb(c.path) for c in members])
+            slide_stats[slide] = stats_from_images([load_rgb(c.path) for c in members])
         manifest["amibr_slides"] = split_of
 
     synth: list[tuple[str, SynthParams]] = []
@@ -143,7 +143,7 @@ def build(out_dir: Path, amibr_dir: Path | None, synth_images: int, seed: int) -
             for j, crop in enumerate(members[i : i + 4]):
                 ox, oy = (j % 2) * CROP_PX, (j // 2) * CROP_PX
                 norm = ReinhardNormaliser(slide_stats[crop.source_slide], target)
-                canvas[oy : oy + CROP_PX, ox : ox + CROP_PX] = norm(_load_rgb(crop.path))
+                canvas[oy : oy + CROP_PX, ox : ox + CROP_PX] = norm(load_rgb(crop.path))
                 centres += [(x + ox, y + oy) for x, y in crop.points]
             _write(out_dir / "images" / split, out_dir / "labels" / split, f"amibr_{i // 4:05d}", canvas, centres)
             counts[f"{split}_amibr_images"] += 1

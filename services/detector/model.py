@@ -60,7 +60,7 @@ class ModelInfo:
                 output_format=props["output_format"],
                 reinhard_target_lab=json.loads(props["reinhard_target_lab"]),
                 sha256=props.get("model_sha256", sha256),
-                extra={k: v for k, v in props.items() if k not in REQUIRED_KEYS},
+                extra={k: v for k, v in props.items() if k not in (*REQUIRED_KEYS, "model_sha256")},
             )
         except (ValueError, TypeError) as e:
             raise ModelError(f"{source}: malformed model metadata: {e}") from e

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -97,12 +98,17 @@ class Slide:
 
 
 def _rgba_to_rgb_on_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Drop alpha; composite transparent pixels (outside the scanned area) onto white.
+
+    OpenCV does the common, fully opaque case in one vectorised pass each for the check and the
+    conversion, which keeps tiling close to raw `read_region` speed."""
     if rgba.shape[-1] == 3:
         return np.ascontiguousarray(rgba)
-    alpha = rgba[..., 3:4]
-    if bool((alpha == 255).all()):
-        return np.ascontiguousarray(rgba[..., :3])
-    rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
+    rgba = np.ascontiguousarray(rgba)
+    if cv2.minMaxLoc(cv2.extractChannel(rgba, 3))[0] == 255:
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)
     return (rgb // 255).astype(np.uint8)
 
 

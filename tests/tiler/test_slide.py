@@ -103,3 +103,10 @@ def test_real_ndpi_slide_opens_with_its_levels() -> None:
         assert slide.info.vendor == "hamamatsu"
         assert len(slide.info.level_dimensions) == 7
         assert slide.info.mpp_um_per_px == pytest.approx(0.228, abs=0.001)
+
+
+def test_region_beyond_the_slide_edge_is_white(small_slide: Path) -> None:
+    with open_slide(small_slide) as slide:
+        region = slide.read_region(2048 - 32, 0, 0, 64, 64)
+        assert (region[:, 32:] == 255).all()
+        assert region.shape == (64, 64, 3)

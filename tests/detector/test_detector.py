@@ -1,0 +1,100 @@
+"""Detector: post-processing, model metadata, the Triton config and a real Triton round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.detector.backends import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeBackend, TritonBackend
+from services.detector.errors import ModelError, UnknownModelError
+from services.detector.model import DEFAULT_MODEL_NAME, ModelInfo, resolve_model_path
+from services.detector.postprocess import decode_yolo, nms
+from services.detector.triton_repository import cpu_config
+from services.detector.triton_server import TritonServer
+from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
+
+
+def _raw(boxes: list[tuple[float, float, float, float, float]], anchors: int = 10) -> np.ndarray:
+    """A one-class YOLO output (1, 5, anchors) holding the given (cx, cy, w, h, score) rows."""
+    raw = np.zeros((1, 5, anchors), np.float32)
+    for i, row in enumerate(boxes):
+        raw[0, :, i] = row
+    return raw
+
+
+def test_decode_thresholds_and_suppresses_overlaps() -> None:
+    raw = _raw([(100, 100, 50, 50, 0.9), (104, 102, 50, 50, 0.8), (300, 300, 40, 40, 0.6), (50, 50, 40, 40, 0.1)])
+    (tile,) = decode_yolo(raw, score_threshold=0.25, iou_threshold=0.45)
+    assert len(tile) == 2
+    np.testing.assert_allclose(tile.boxes_px[0], [75, 75, 125, 125])
+    np.testing.assert_allclose(tile.scores, [0.9, 0.6], rtol=1e-6)
+
+
+def test_nms_keeps_boxes_that_only_touch() -> None:
+    boxes = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [1, 1, 11, 11]], np.float32)
+    assert nms(boxes, np.array([0.5, 0.6, 0.4], np.float32), 0.45) == [1, 0]
+
+
+def test_shipped_model_reports_its_metadata() -> None:
+    backend = OnnxRuntimeBackend(MODEL_PATH, threads=1)
+    info = backend.info
+    backend.close()
+    assert info.name == DEFAULT_MODEL_NAME
+    assert info.input_size_px == 512 and info.mpp_um_per_px == 0.25
+    assert info.class_names == ("mitosis",)
+    assert set(info.reinhard_target_lab) == {"mean", "std"}
+    assert MODEL_PATH.stat().st_size < 25 * 1024 * 1024
+
+
+def test_unknown_model_names_the_available_ones(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match=DEFAULT_MODEL_NAME):
+        resolve_model_path("nope", MODEL_REPOSITORY)
+    with pytest.raises(UnknownModelError, match="no such model file"):
+        resolve_model_path(str(tmp_path / "x.onnx"), MODEL_REPOSITORY)
+
+
+def test_model_without_mitoscope_metadata_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"mitoscope\.input_size_px"):
+        ModelInfo.from_metadata({"mitoscope.model_name": "x"}, "0" * 64, "x.onnx")
+
+
+def test_wrong_tile_shape_is_refused() -> None:
+    backend = OnnxRuntimeBackend(MODEL_PATH, threads=1)
+    with pytest.raises(ModelError, match="expects uint8 tiles"):
+        backend.infer(np.zeros((1, 256, 256, 3), np.uint8))
+    backend.close()
+
+
+def test_committed_triton_config_is_current_and_parses() -> None:
+    model_dir = MODEL_REPOSITORY / DEFAULT_MODEL_NAME
+    committed = (model_dir / "config.pbtxt").read_text()
+    assert committed == cpu_config(model_dir, MODEL_PATH), "regenerate: python -m services.detector.triton_repository"
+    config = text_format.Parse(committed, model_config_pb2.ModelConfig())
+    assert config.name == DEFAULT_MODEL_NAME and config.backend == "python"
+    assert [i.name for i in config.input] == [INPUT_NAME]
+    assert config.input[0].data_type == model_config_pb2.TYPE_UINT8
+    assert [o.name for o in config.output] == [OUTPUT_NAME]
+    assert config.parameters["mitoscope.model_name"].string_value == DEFAULT_MODEL_NAME
+
+
+@pytest.mark.integration
+def test_triton_answers_like_onnxruntime(triton_server: TritonServer) -> None:
+    tiles = np.random.default_rng(0).integers(0, 256, (3, 512, 512, 3), dtype=np.uint8)
+    local = OnnxRuntimeBackend(MODEL_PATH, threads=1)
+    remote = TritonBackend(triton_server.grpc_url, DEFAULT_MODEL_NAME)
+    try:
+        assert remote.info == local.info
+        np.testing.assert_allclose(remote.infer(tiles), local.infer(tiles), atol=1e-4)
+    finally:
+        local.close()
+        remote.close()
+
+
+@pytest.mark.integration
+def test_triton_unknown_model_is_a_clear_error(triton_server: TritonServer) -> None:
+    with pytest.raises(UnknownModelError, match="not loaded in Triton"):
+        TritonBackend(triton_server.grpc_url, "no_such_model")

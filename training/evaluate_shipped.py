@@ -1,0 +1,147 @@
+"""Measure the shipped detector where it was never trained, and write its model card figures.
+
+    python -m training.evaluate_shipped --amibr ../shared/data/amibr
+
+1. Synthetic slides with seeds the training set never used, scored by the full pipeline
+   (`mitoscope.pipeline.score_slide`): recall, precision and count error against the planted
+   mitoses (MIDOG matching: 7.5 µm).
+2. Held-out AMi-Br crops (whole source slides the training split never saw, as recorded in the
+   training manifest): crops of one source slide are Reinhard-normalised with that slide's
+   statistics, packed 16 to a 512 px tile, and every listed mitosis is matched within 7.5 µm.
+   The crops hold positives only, so precision there counts any detection that is not a listed
+   mitosis as false, including unlabelled look-alikes.
+Runs with the serving venv only (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
+from mitoscope.pipeline import ScoreOptions, score_slide
+from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from services.detector.backends import OnnxRuntimeBackend
+from services.detector.postprocess import DEFAULT_SCORE_THRESHOLD, decode_yolo
+from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
+from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "model_repository" / "yolov5n_mitosis" / "1" / "model.onnx"
+EVAL_SEEDS = (900_001, 900_002, 900_003)  # never used by training (training uses 10_000 + ...)
+MPP_UM_PER_PX = 0.25
+TILE_PX = 512
+
+
+def evaluate_synthetic(backend: OnnxRuntimeBackend, size_px: int, threshold: float) -> list[dict[str, object]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in EVAL_SEEDS:
+            slide = Path(tmp) / f"eval-{seed}.svs"
+            make_slide(slide, SynthParams(width_px=size_px, height_px=size_px, seed=seed, mitoses_per_mm2=10.0))
+            truth = json.loads(truth_path_for(slide).read_text())
+            result = score_slide(slide, Path(tmp) / f"eval-{seed}", backend, ScoreOptions(score_threshold=threshold))
+            counts = match_points(
+                ((d["x_px"], d["y_px"], d["score"]) for d in result["detections"]),
+                ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
+                MIDOG_MATCH_RADIUS_UM / MPP_UM_PER_PX,
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "planted": truth["mitosis_count"],
+                    "counted": result["mitosis_count"],
+                    "tp": counts.tp,
+                    "fp": counts.fp,
+                    "fn": counts.fn,
+                }
+            )
+    return rows
+
+
+def evaluate_amibr(
+    backend: OnnxRuntimeBackend, amibr: Path, manifest: dict[str, object], threshold: float
+) -> MatchCounts:
+    split_of: dict[str, str] = manifest["amibr_slides"]  # type: ignore[assignment]
+    target = LabStats.from_dict(backend.info.reinhard_target_lab)
+    by_slide = defaultdict(list)
+    for crop in read_amibr(amibr):
+        if split_of.get(crop.source_slide) == "test":
+            by_slide[crop.source_slide].append(crop)
+    total = MatchCounts(0, 0, 0)
+    per_row = TILE_PX // CROP_PX
+    for crops in by_slide.values():
+        images = [load_rgb(c.path) for c in crops]
+        normalise = ReinhardNormaliser(stats_from_images(images), target)
+        for start in range(0, len(crops), per_row * per_row):
+            chunk = list(zip(crops[start : start + per_row**2], images[start : start + per_row**2], strict=True))
+            tile = np.full((TILE_PX, TILE_PX, 3), 255, np.uint8)
+            truths = []
+            for k, (crop, image) in enumerate(chunk):
+                ox, oy = (k % per_row) * CROP_PX, (k // per_row) * CROP_PX
+                tile[oy : oy + CROP_PX, ox : ox + CROP_PX] = normalise(image)
+                truths += [(x + ox, y + oy) for x, y in crop.points]
+            (dets,) = decode_yolo(backend.infer(tile[None]), threshold)
+            centres = (
+                (float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2, float(s))
+                for b, s in zip(dets.boxes_px, dets.scores, strict=True)
+            )
+            total = total + match_points(centres, truths, MIDOG_MATCH_RADIUS_UM / MPP_UM_PER_PX)
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=MODEL, help="the ONNX model to evaluate")
+    parser.add_argument("--amibr", type=Path, default=None, help="AMi-Br folder; skipped when absent")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=REPO / "runs" / "yolo" / "dataset" / "manifest.json",
+        help="the training run's dataset manifest (which source slides were held out)",
+    )
+    parser.add_argument("--synthetic-size", type=int, default=8192, help="side of each synthetic slide in px")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "evaluation.json")
+    args = parser.parse_args(argv)
+
+    backend = OnnxRuntimeBackend(args.model)
+    report: dict[str, object] = {"model_sha256": backend.info.sha256, "threshold": args.threshold}
+    synthetic = evaluate_synthetic(backend, args.synthetic_size, args.threshold)
+    summed = MatchCounts(0, 0, 0)
+    for row in synthetic:
+        summed = summed + MatchCounts(int(row["tp"]), int(row["fp"]), int(row["fn"]))  # type: ignore[call-overload]
+    report["synthetic"] = {"slides": synthetic, "recall": summed.recall, "precision": summed.precision, "f1": summed.f1}
+    print(
+        f"synthetic ({len(synthetic)} unseen slides): recall {summed.recall:.3f} precision {summed.precision:.3f} "
+        f"F1 {summed.f1:.3f}; planted/counted {[(r['planted'], r['counted']) for r in synthetic]}"
+    )
+    if args.amibr is not None and args.amibr.exists() and args.manifest.exists():
+        manifest = json.loads(args.manifest.read_text())
+        counts = evaluate_amibr(backend, args.amibr, manifest, args.threshold)
+        report["amibr_test"] = {
+            "tp": counts.tp,
+            "fp": counts.fp,
+            "fn": counts.fn,
+            "recall": counts.recall,
+            "precision": counts.precision,
+            "f1": counts.f1,
+            "test_slides": sorted(s for s, v in manifest["amibr_slides"].items() if v == "test"),
+        }
+        print(
+            f"AMi-Br held-out slides: recall {counts.recall:.3f} precision {counts.precision:.3f} "
+            f"(TP {counts.tp}, FP {counts.fp}, FN {counts.fn})"
+        )
+    backend.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
