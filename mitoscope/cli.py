@@ -92,7 +92,10 @@ def score(
     field_diameter_mm: Annotated[
         float, typer.Option(help="Microscope field diameter for the Nottingham table (mm).")
     ] = 0.55,
-    score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum detection confidence.")] = 0.25,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Minimum detection confidence [default: the model's validated one]."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per batch.")] = 150,
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads (0 = all cores).")] = 0,
     gallery: Annotated[

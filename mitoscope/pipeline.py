@@ -27,12 +27,7 @@ from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM, thresholds_fo
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
 from services.detector.backends import DetectorBackend
-from services.detector.postprocess import (
-    DEFAULT_IOU_THRESHOLD,
-    DEFAULT_SCORE_THRESHOLD,
-    TileDetections,
-    decode_yolo,
-)
+from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode_yolo
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.errors import SlideError
 from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan, plan_tiles
@@ -59,7 +54,7 @@ class ScoreOptions:
     mpp_override_um_per_px: float | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     overlap_px: int = DEFAULT_OVERLAP_PX
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    score_threshold: float | None = None  # None: the threshold the model was validated with
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     merge_radius_um: float = DEFAULT_MERGE_RADIUS_UM
     field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM
@@ -153,13 +148,14 @@ def score_slide(
         source_stats = slide_colour_stats(slide, plan)
         target = LabStats.from_dict(info.reinhard_target_lab)
         normalise = ReinhardNormaliser(source_stats, target)
+        score_threshold = info.score_threshold if options.score_threshold is None else options.score_threshold
         per_tile: dict[int, TileDetections] = {}
         done = 0
         if progress:
             progress(0, len(plan.tiles))
         for batch in read_batches(slide, plan, options.batch_size):
             raw = backend.infer(normalise(batch.pixels))
-            decoded = decode_yolo(raw, options.score_threshold, options.iou_threshold)
+            decoded = decode_yolo(raw, score_threshold, options.iou_threshold)
             for tile, tile_detections in zip(batch.tiles, decoded, strict=True):
                 per_tile[tile.index] = tile_detections
             done += len(batch.tiles)
@@ -200,7 +196,7 @@ def score_slide(
                 "target_lab": info.reinhard_target_lab,
                 "source_lab": asdict(source_stats),
             },
-            "parameters": asdict(options),
+            "parameters": {**asdict(options), "score_threshold": score_threshold},
             "tiles": {
                 "total": len(plan.tiles),
                 "tile_px": plan.tile_px,

@@ -27,7 +27,7 @@ from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_point
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
 from services.detector.backends import OnnxRuntimeBackend
-from services.detector.postprocess import DEFAULT_SCORE_THRESHOLD, decode_yolo
+from services.detector.postprocess import decode_yolo
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
 
@@ -106,13 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         help="the training run's dataset manifest (which source slides were held out)",
     )
     parser.add_argument("--synthetic-size", type=int, default=8192, help="side of each synthetic slide in px")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
+    parser.add_argument("--threshold", type=float, default=None, help="default: the model's validated threshold")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "evaluation.json")
     args = parser.parse_args(argv)
 
     backend = OnnxRuntimeBackend(args.model)
-    report: dict[str, object] = {"model_sha256": backend.info.sha256, "threshold": args.threshold}
-    synthetic = evaluate_synthetic(backend, args.synthetic_size, args.threshold)
+    threshold = backend.info.score_threshold if args.threshold is None else args.threshold
+    report: dict[str, object] = {"model_sha256": backend.info.sha256, "threshold": threshold}
+    synthetic = evaluate_synthetic(backend, args.synthetic_size, threshold)
     summed = MatchCounts(0, 0, 0)
     for row in synthetic:
         summed = summed + MatchCounts(int(row["tp"]), int(row["fp"]), int(row["fn"]))  # type: ignore[call-overload]
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.amibr is not None and args.amibr.exists() and args.manifest.exists():
         manifest = json.loads(args.manifest.read_text())
-        counts = evaluate_amibr(backend, args.amibr, manifest, args.threshold)
+        counts = evaluate_amibr(backend, args.amibr, manifest, threshold)
         report["amibr_test"] = {
             "tp": counts.tp,
             "fp": counts.fp,

@@ -61,6 +61,22 @@ def _prepend_uint8_nhwc(model_path: Path, out_path: Path, metadata: dict[str, st
     onnx.save(model, str(out_path))
 
 
+def set_metadata(model_path: Path, entries: dict[str, str]) -> None:
+    """Add or replace `metadata_props` entries of an ONNX file in place."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    kept = {p.key: p.value for p in model.metadata_props}
+    kept.update(entries)
+    del model.metadata_props[:]
+    for key, value in kept.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = model_path.with_name(model_path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(model_path)
+
+
 def export_yolo(
     weights: Path,
     out_path: Path,

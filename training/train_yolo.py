@@ -10,6 +10,7 @@ builds the dataset (`training.yolo_dataset`), trains ultralytics `yolov5n.yaml` 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -43,6 +44,18 @@ def dataset_sha256(dataset_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _finished_epochs(results_csv: Path) -> int:
+    """Epochs ultralytics has recorded; training is skipped when all are done (rerun = resume the recipe)."""
+    if not results_csv.exists():
+        return 0
+    return max(0, len(results_csv.read_text().strip().splitlines()) - 1)
+
+
+def _training_seconds(results_csv: Path) -> float:
+    rows = list(csv.DictReader(results_csv.open()))
+    return float(rows[-1]["time"]) if rows and "time" in rows[-1] else float("nan")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--amibr", type=Path, default=None, help="AMi-Br folder (real mitosis crops)")
@@ -65,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from ultralytics import YOLO
 
     from training import onnx_export
+    from training.threshold import choose_threshold
     from training.yolo_dataset import build
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -75,44 +89,51 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dataset built in {time.time() - started:.0f} s")
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
 
-    started = time.time()
-    model = YOLO(args.model_yaml, task="detect")
-    model.train(
-        data=str(dataset_dir / "data.yaml"),
-        epochs=args.epochs,
-        imgsz=256,
-        batch=args.batch,
-        device="cpu",
-        workers=2,
-        seed=args.seed,
-        deterministic=True,
-        pretrained=False,
-        project=str(args.out.resolve()),
-        name="train",
-        exist_ok=True,
-        plots=False,
-        amp=False,
-        optimizer="AdamW",
-        lr0=0.002,
-        cos_lr=True,
-        patience=100,
-        close_mosaic=5,
-        mosaic=1.0,
-        fliplr=0.5,
-        flipud=0.5,
-        degrees=0.0,
-        scale=0.25,
-        translate=0.1,
-        hsv_h=0.01,
-        hsv_s=0.3,
-        hsv_v=0.25,
-        verbose=True,
-    )
-    train_s = time.time() - started
+    results_csv = args.out / "train" / "results.csv"
+    last = args.out / "train" / "weights" / "last.pt"
+    finished = _finished_epochs(results_csv)
+    if 0 < finished < args.epochs and last.exists():
+        print(f"resuming after epoch {finished} from {last}")
+        YOLO(str(last)).train(resume=True)
+    elif finished < args.epochs:
+        model = YOLO(args.model_yaml, task="detect")
+        model.train(
+            data=str(dataset_dir / "data.yaml"),
+            epochs=args.epochs,
+            imgsz=256,
+            batch=args.batch,
+            device="cpu",
+            workers=2,
+            seed=args.seed,
+            deterministic=True,
+            pretrained=False,
+            project=str(args.out.resolve()),
+            name="train",
+            exist_ok=True,
+            plots=False,
+            amp=False,
+            optimizer="AdamW",
+            lr0=0.002,
+            cos_lr=True,
+            patience=100,
+            close_mosaic=5,
+            mosaic=1.0,
+            fliplr=0.5,
+            flipud=0.5,
+            degrees=0.0,
+            scale=0.25,
+            translate=0.1,
+            hsv_h=0.01,
+            hsv_s=0.3,
+            hsv_v=0.25,
+            verbose=True,
+        )
+    train_s = _training_seconds(results_csv)
     best = args.out / "train" / "weights" / "best.pt"
+    installed = args.install / "1" / "model.onnx"
     onnx_export.export_yolo(
         best,
-        args.install / "1" / "model.onnx",
+        installed,
         target_lab=manifest["target_lab"],
         training_data_sha256=dataset_sha256(dataset_dir),
         extra={
@@ -122,7 +143,16 @@ def main(argv: list[str] | None = None) -> None:
             "data": json.dumps(manifest["counts"]),
         },
     )
-    print(f"trained in {train_s:.0f} s; installed {args.install / '1' / 'model.onnx'}")
+    choice = choose_threshold(installed, dataset_dir)
+    onnx_export.set_metadata(
+        installed,
+        {"mitoscope.score_threshold": f"{choice.threshold:.2f}", "mitoscope.val_f1": f"{choice.counts.f1:.4f}"},
+    )
+    print(
+        f"validation: threshold {choice.threshold:.2f} gives F1 {choice.counts.f1:.3f} "
+        f"(precision {choice.counts.precision:.3f}, recall {choice.counts.recall:.3f})"
+    )
+    print(f"trained in {train_s:.0f} s; installed {installed}")
 
 
 if __name__ == "__main__":

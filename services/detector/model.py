@@ -25,6 +25,7 @@ REQUIRED_KEYS = (
 )
 SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores",)
 DEFAULT_MODEL_NAME = "yolov5n_mitosis"
+FALLBACK_SCORE_THRESHOLD = 0.25  # for models exported without a validated threshold
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ModelInfo:
     output_format: str
     reinhard_target_lab: dict[str, list[float]]
     sha256: str
+    score_threshold: float  # chosen on the validation split at training time
     extra: dict[str, str]
 
     @classmethod
@@ -60,7 +62,8 @@ class ModelInfo:
                 output_format=props["output_format"],
                 reinhard_target_lab=json.loads(props["reinhard_target_lab"]),
                 sha256=props.get("model_sha256", sha256),
-                extra={k: v for k, v in props.items() if k not in (*REQUIRED_KEYS, "model_sha256")},
+                score_threshold=float(props.get("score_threshold", FALLBACK_SCORE_THRESHOLD)),
+                extra={k: v for k, v in props.items() if k not in (*REQUIRED_KEYS, "model_sha256", "score_threshold")},
             )
         except (ValueError, TypeError) as e:
             raise ModelError(f"{source}: malformed model metadata: {e}") from e

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-DEFAULT_SCORE_THRESHOLD = 0.25
 DEFAULT_IOU_THRESHOLD = 0.45
 MAX_DETECTIONS_PER_TILE = 300
 
@@ -49,7 +48,7 @@ def nms(boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou_thr
 
 def decode_yolo(
     raw: npt.NDArray[np.float32],
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: float,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> list[TileDetections]:
     """(n, 4 + classes, anchors) YOLO output (centre x, centre y, w, h, class scores) -> boxes."""
