@@ -9,11 +9,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.detector.backends import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeBackend, TritonBackend
+from services.detector.backends import OnnxRuntimeBackend, TritonBackend
 from services.detector.errors import ModelError, UnknownModelError
 from services.detector.model import DEFAULT_MODEL_NAME, ModelInfo, resolve_model_path
 from services.detector.postprocess import decode_yolo, nms
-from services.detector.triton_repository import cpu_config
+from services.detector.triton_repository import VARIANTS, config_paths, model_config
 from services.detector.triton_server import TritonServer
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
 
@@ -69,16 +69,36 @@ def test_wrong_tile_shape_is_refused() -> None:
     backend.close()
 
 
-def test_committed_triton_config_is_current_and_parses() -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_committed_triton_configs_are_current_and_match_the_onnx_graph(variant: str) -> None:
+    import onnx
+
     model_dir = MODEL_REPOSITORY / DEFAULT_MODEL_NAME
-    committed = (model_dir / "config.pbtxt").read_text()
-    assert committed == cpu_config(model_dir, MODEL_PATH), "regenerate: python -m services.detector.triton_repository"
+    committed = config_paths(model_dir)[variant].read_text()
+    assert committed == model_config(model_dir, MODEL_PATH, variant), (
+        "regenerate: python -m services.detector.triton_repository model_repository/yolov5n_mitosis"
+    )
     config = text_format.Parse(committed, model_config_pb2.ModelConfig())
-    assert config.name == DEFAULT_MODEL_NAME and config.backend == "python"
-    assert [i.name for i in config.input] == [INPUT_NAME]
-    assert config.input[0].data_type == model_config_pb2.TYPE_UINT8
-    assert [o.name for o in config.output] == [OUTPUT_NAME]
+    graph = onnx.load(str(MODEL_PATH), load_external_data=False).graph
+    onnx_dtypes = {
+        onnx.TensorProto.UINT8: model_config_pb2.TYPE_UINT8,
+        onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
+    }
+    assert [(i.name, i.data_type) for i in config.input] == [
+        (i.name, onnx_dtypes[i.type.tensor_type.elem_type]) for i in graph.input
+    ]
+    assert [(o.name, o.data_type) for o in config.output] == [
+        (o.name, onnx_dtypes[o.type.tensor_type.elem_type]) for o in graph.output
+    ]
     assert config.parameters["mitoscope.model_name"].string_value == DEFAULT_MODEL_NAME
+    if variant == "gpu":
+        assert config.backend == "onnxruntime" and config.dynamic_batching.preferred_batch_size
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert accelerator.name == "tensorrt"
+    else:
+        assert config.backend == "python"
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
 
 
 @pytest.mark.integration
