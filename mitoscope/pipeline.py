@@ -29,24 +29,19 @@ from services.aggregator.result import result_document, summarise
 from services.detector.backends import DetectorBackend
 from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode_yolo
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
-from services.tiler.errors import SlideError
-from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan, plan_tiles
+from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan
+from services.tiler.planning import plan_slide
 from services.tiler.reader import DEFAULT_BATCH_SIZE, ReadGeometry, read_batches, read_tile
 from services.tiler.slide import Slide, open_slide, resolve_mpp
-from services.tiler.tissue import TissueMask, detect_tissue, overview_side_px
+from services.tiler.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATS_SAMPLE_TILES = 32
-OVERVIEW_MAX_SIDE_PX = 2048
 GALLERY_CROP_PX = 160
 GALLERY_MAX_CROPS = 48
 OUTPUT_FILES = ("result.json", "result.geojson", "result.csv", "overview.png")
-
-
-class NoTissueError(SlideError):
-    """Tissue detection found nothing to score."""
 
 
 @dataclass(frozen=True)
@@ -80,32 +75,12 @@ def prepare_slide(path: Path, options: ScoreOptions, model_mpp_um_per_px: float,
     slide = open_slide(path)
     try:
         mpp = resolve_mpp(slide.info, options.mpp_override_um_per_px)
-        mask_side = overview_side_px(slide.info.width_px, slide.info.height_px, mpp)
-        longest = max(slide.info.width_px, slide.info.height_px)
-        overview = slide.thumbnail(max(mask_side, min(OVERVIEW_MAX_SIDE_PX, longest)))
-        small = overview
-        if max(overview.shape[:2]) > mask_side:
-            factor = mask_side / max(overview.shape[:2])
-            size = (max(1, round(overview.shape[1] * factor)), max(1, round(overview.shape[0] * factor)))
-            small = cv2.resize(overview, size, interpolation=cv2.INTER_AREA)
-        mask_scale = slide.info.width_px / small.shape[1]
-        tissue = detect_tissue(small, mask_scale, mpp)
-        plan = plan_tiles(
-            slide.info.width_px,
-            slide.info.height_px,
-            mpp,
-            tissue,
-            model_mpp_um_per_px=model_mpp_um_per_px,
-            tile_px=tile_px,
-            overlap_px=options.overlap_px,
-        )
-        if not plan.tiles:
-            raise NoTissueError(f"{path.name}: no tissue found on the slide; nothing to score")
+        planned = plan_slide(slide, mpp, model_mpp_um_per_px, tile_px, options.overlap_px)
     except BaseException:
         slide.close()
         raise
     source = "override" if options.mpp_override_um_per_px is not None else "metadata"
-    return PreparedSlide(slide, mpp, source, tissue, plan, overview)
+    return PreparedSlide(slide, mpp, source, planned.tissue, planned.plan, planned.overview)
 
 
 def slide_colour_stats(slide: Slide, plan: TilePlan, sample_tiles: int = STATS_SAMPLE_TILES) -> LabStats:
