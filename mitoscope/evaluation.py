@@ -59,3 +59,24 @@ def match_points(
             taken[best] = True
             tp += 1
     return MatchCounts(tp=tp, fp=len(dets) - tp, fn=len(truth) - tp)
+
+
+ScoredImage = tuple[list[tuple[float, float, float]], list[tuple[float, float]]]  # (detections, truths)
+
+
+def pr_curve(
+    images: list[ScoredImage], radius_px: float, thresholds: Iterable[float]
+) -> list[tuple[float, MatchCounts]]:
+    """Summed TP/FP/FN over all images at each score threshold (detections below it are dropped)."""
+    curve = []
+    for threshold in thresholds:
+        total = MatchCounts(0, 0, 0)
+        for detections, truths in images:
+            total = total + match_points([d for d in detections if d[2] >= threshold], truths, radius_px)
+        curve.append((float(threshold), total))
+    return curve
+
+
+def best_threshold(curve: list[tuple[float, MatchCounts]]) -> tuple[float, MatchCounts]:
+    """The threshold with the highest F1; ties go to the lower threshold (more recall)."""
+    return max(curve, key=lambda item: (item[1].f1, -item[0]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
+from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, ScoredImage, best_threshold, pr_curve
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.postprocess import decode_yolo
 
@@ -50,7 +50,7 @@ def choose_threshold(model_path: Path, dataset_dir: Path) -> ThresholdChoice:
         raise ValueError(f"{dataset_dir}: no validation images")
     cell = items[0][0].shape[0]
     per_side = size // cell
-    scored: list[tuple[list[tuple[float, float, float]], list[tuple[float, float]]]] = []
+    scored: list[ScoredImage] = []
     for start in range(0, len(items), per_side * per_side):
         tile = np.full((size, size, 3), 255, np.uint8)
         group = items[start : start + per_side * per_side]
@@ -67,12 +67,6 @@ def choose_threshold(model_path: Path, dataset_dir: Path) -> ThresholdChoice:
                     mine.append((cx, cy, float(score)))
             scored.append((mine, centres))
     backend.close()
-    radius_px = MIDOG_MATCH_RADIUS_UM / MPP_UM_PER_PX
-    curve = []
-    for threshold in CANDIDATE_THRESHOLDS:
-        total = MatchCounts(0, 0, 0)
-        for dets_, truths in scored:
-            total = total + match_points([d for d in dets_ if d[2] >= threshold], truths, radius_px)
-        curve.append((threshold, total))
-    best_threshold, best = max(curve, key=lambda item: (item[1].f1, -item[0]))
-    return ThresholdChoice(best_threshold, best, tuple(curve))
+    curve = pr_curve(scored, MIDOG_MATCH_RADIUS_UM / MPP_UM_PER_PX, CANDIDATE_THRESHOLDS)
+    threshold, counts = best_threshold(curve)
+    return ThresholdChoice(threshold, counts, tuple(curve))
