@@ -291,6 +291,79 @@ def demo(
             server.stop()
 
 
+@app.command()
+def evaluate(
+    test: Annotated[Path, typer.Argument(help="COCO JSON of the test split (e.g. from the dataset converter).")],
+    images: Annotated[Path, typer.Option(help="Folder the COCO file_name entries are relative to.")],
+    val: Annotated[
+        Path | None, typer.Option(help="COCO JSON of the validation split: the threshold is chosen there.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Model name in the model repository, or an .onnx file.")
+    ] = "yolov5n_mitosis",
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json, pr_curve.png and report.md.")] = Path(
+        "out/evaluation"
+    ),
+    dataset: Annotated[str, typer.Option(help="Dataset name for the report table.")] = "dataset",
+) -> None:
+    """Precision, recall and F1 the MIDOG way (7.5 µm), with a PR curve and a Table-II style row."""
+    import json
+
+    from services.aggregator.exports import write_png
+    from services.detector.backends import OnnxRuntimeBackend
+    from services.detector.errors import DetectorError
+    from services.detector.model import resolve_model_path
+    from training.annotations import AnnotationError
+    from training.evaluate import TABLE_HEADER, render_pr_curve, table_row, training_images
+    from training.evaluate import evaluate as run_evaluation
+
+    try:
+        backend = OnnxRuntimeBackend(resolve_model_path(model, _model_repository()))
+    except DetectorError as e:
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    try:
+        with console.status("detecting on the evaluation images"):
+            result = run_evaluation(backend, test, images, val)
+    except AnnotationError as e:
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    finally:
+        backend.close()
+    out.mkdir(parents=True, exist_ok=True)
+    info = backend.info
+    c = result.test
+    (out / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+                "threshold": result.threshold,
+                "threshold_source": result.threshold_source,
+                "images": result.images,
+                "truths": result.truths,
+                "tp": c.tp,
+                "fp": c.fp,
+                "fn": c.fn,
+                "precision": c.precision,
+                "recall": c.recall,
+                "f1": c.f1,
+                "curve": [{"threshold": t, "tp": m.tp, "fp": m.fp, "fn": m.fn} for t, m in result.curve],
+            },
+            indent=1,
+        )
+    )
+    write_png(render_pr_curve(result, f"{info.name} on {dataset}"), out / "pr_curve.png")
+    row = table_row(
+        dataset,
+        training_images(info.extra),
+        result,
+        f"{info.name} v{info.version}",
+        f"{info.extra.get('train_seconds', '?')} s",
+    )
+    (out / "report.md").write_text(f"{TABLE_HEADER}\n{row}\n")
+    print(TABLE_HEADER)
+    print(row)
+    print(f"threshold {result.threshold:.2f} chosen on {result.threshold_source}; outputs in {out}")
+
+
 def run() -> None:
     try:
         app()
