@@ -12,7 +12,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check format models bench clean
+.PHONY: help setup train-venv demo test check format models bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -40,10 +40,12 @@ $(TRAIN_VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed $(TRITON_VENV)/.installed ## Create the serving and Triton virtual environments
 
+train-venv: $(TRAIN_VENV)/.installed ## Create the training venv (torch from local wheels, ultralytics)
+
 demo: setup ## Synthesise a slide, score it through a local Triton server, print the summary
 	$(PY) -m mitoscope.cli demo --out $(DEMO_OUT) --shared $(SHARED)
 
-test: setup ## Run the test suite (unit, API and integration tests with real servers)
+test: setup train-venv ## Run the test suite (unit, API and integration tests with real servers, 1-epoch training)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 check: $(VENV)/.installed ## Lint, format check and type check
@@ -55,9 +57,12 @@ format: $(VENV)/.installed ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix mitoscope services training tests bench
 	$(VENV)/bin/ruff format mitoscope services training tests bench
 
-models: $(TRAIN_VENV)/.installed ## Retrain the shipped YOLOv5n from scratch (hours on 2 CPU cores) and regenerate its Triton config
+models: $(VENV)/.installed $(TRAIN_VENV)/.installed ## Retrain both detectors from scratch (hours on 2 CPU cores) and regenerate their Triton configs
 	$(TRAIN_VENV)/bin/python -m training.train_yolo --amibr $(SHARED)/data/amibr --out runs/yolo
 	$(PY) -m services.detector.triton_repository model_repository/yolov5n_mitosis
+	$(TRAIN_VENV)/bin/python -m training.train_frcnn --dataset runs/yolo/dataset --out runs/frcnn \
+		--install model_repository/faster_rcnn_mitosis
+	$(PY) -m services.detector.triton_repository model_repository/faster_rcnn_mitosis
 
 bench: $(VENV)/.installed ## Run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
 	$(PY) -m bench.tiling

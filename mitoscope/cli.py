@@ -364,6 +364,52 @@ def evaluate(
     print(f"threshold {result.threshold:.2f} chosen on {result.threshold_source}; outputs in {out}")
 
 
+TRAINING_HELP = "Runs in the training venv (.venv-train; `make train-venv` creates it). Options: --help."
+
+
+def _run_in_training_venv(module: str, args: list[str]) -> None:
+    """Training needs torch, serving must not: run the recipe with the training venv's Python."""
+    import subprocess
+
+    from mitoscope.pipeline import REPO_ROOT
+
+    python = REPO_ROOT / ".venv-train" / "bin" / "python"
+    if not python.exists():
+        raise _fail(f"no training venv at {python.parent.parent}; create it with `make train-venv`", EXIT_BAD_INPUT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "YOLO_OFFLINE": "1",
+        "YOLO_CONFIG_DIR": str(REPO_ROOT / ".cache" / "ultralytics"),
+    }
+    raise typer.Exit(subprocess.call([str(python), "-m", module, *args], env=env))
+
+
+train_app = typer.Typer(
+    help="Train a detector from scratch, seeded and resumable. " + TRAINING_HELP, no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@train_app.command("yolo", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_yolo(ctx: typer.Context) -> None:
+    """YOLOv5 (ultralytics yolov5n.yaml / yolov5s.yaml): dataset, training, export, threshold."""
+    _run_in_training_venv("training.train_yolo", ctx.args)
+
+
+@train_app.command("frcnn", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_frcnn(ctx: typer.Context) -> None:
+    """Faster R-CNN with a ResNet-FPN backbone (torchvision); torchrun for several GPUs."""
+    _run_in_training_venv("training.train_frcnn", ctx.args)
+
+
+@app.command("export", context_settings=_PASS_THROUGH, add_help_option=False)
+def export(ctx: typer.Context) -> None:
+    """Export a checkpoint to ONNX with its metadata and install it with its Triton configs."""
+    _run_in_training_venv("training.export", ctx.args)
+
+
 def run() -> None:
     try:
         app()

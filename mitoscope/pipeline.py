@@ -27,7 +27,7 @@ from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM, thresholds_fo
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
 from services.detector.backends import DetectorBackend
-from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode_yolo
+from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan
 from services.tiler.planning import plan_slide
@@ -130,7 +130,7 @@ def score_slide(
             progress(0, len(plan.tiles))
         for batch in read_batches(slide, plan, options.batch_size):
             raw = backend.infer(normalise(batch.pixels))
-            decoded = decode_yolo(raw, score_threshold, options.iou_threshold)
+            decoded = decode(raw, info.output_format, score_threshold, options.iou_threshold)
             for tile, tile_detections in zip(batch.tiles, decoded, strict=True):
                 per_tile[tile.index] = tile_detections
             done += len(batch.tiles)

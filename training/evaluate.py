@@ -24,7 +24,7 @@ import numpy.typing as npt
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, ScoredImage, best_threshold, pr_curve
 from services.aggregator.merge import MITOSIS_CLASS, merge_tile_detections
 from services.detector.backends import DetectorBackend
-from services.detector.postprocess import TileDetections, decode_yolo
+from services.detector.postprocess import TileDetections, decode
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import DEFAULT_OVERLAP_PX, plan_tiles
 from services.tiler.tissue import TissueMask
@@ -68,7 +68,7 @@ def detect_in_image(
         region = padded[y0 : y0 + read_px, x0 : x0 + read_px]
         tiles[i] = region if read_px == plan.tile_px else cv2.resize(region, (plan.tile_px, plan.tile_px))
     per_tile: dict[int, TileDetections] = {}
-    decoded = decode_yolo(backend.infer(normalise(tiles)), min(THRESHOLDS))
+    decoded = decode(backend.infer(normalise(tiles)), info.output_format, min(THRESHOLDS))
     for tile, detections in zip(plan.tiles, decoded, strict=True):
         per_tile[tile.index] = detections
     merged = merge_tile_detections(plan, per_tile, info.class_names)

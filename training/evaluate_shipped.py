@@ -27,7 +27,7 @@ from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_point
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
 from services.detector.backends import OnnxRuntimeBackend
-from services.detector.postprocess import decode_yolo
+from services.detector.postprocess import decode
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
 
@@ -86,7 +86,7 @@ def evaluate_amibr(
                 ox, oy = (k % per_row) * CROP_PX, (k // per_row) * CROP_PX
                 tile[oy : oy + CROP_PX, ox : ox + CROP_PX] = normalise(image)
                 truths += [(x + ox, y + oy) for x, y in crop.points]
-            (dets,) = decode_yolo(backend.infer(tile[None]), threshold)
+            (dets,) = decode(backend.infer(tile[None]), backend.info.output_format, threshold)
             centres = (
                 (float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2, float(s))
                 for b, s in zip(dets.boxes_px, dets.scores, strict=True)

@@ -3,8 +3,12 @@
 Contract (read by `services.detector.model`):
 - input `images`: uint8 [batch, H, W, 3] RGB, Reinhard-normalised tiles (the graph itself
   casts, scales to 0..1 and transposes, so clients send 4x fewer bytes than float32);
-- output `detections`: float32 [batch, 4 + classes, anchors] (YOLO: centre x, centre y,
-  width, height in input pixels, then per-class scores), post-processed by the service;
+- output `detections`, by `mitoscope.output_format`:
+  - `yolo_cxcywh_scores`: float32 [batch, 4 + classes, anchors] (centre x, centre y, width,
+    height in input pixels, then per-class scores);
+  - `xyxy_score_class`: float32 [n, 6] (x0, y0, x1, y1, score, class id) for one image; the
+    graph takes a batch of exactly one (torchvision's Faster R-CNN exports per image), and the
+    backends run it image by image;
 - `metadata_props` keys prefixed `mitoscope.`: model name, version, input size, MPP, class
   names, output format, Reinhard target, training-data hash.
 """
@@ -113,3 +117,66 @@ def export_yolo(
         }
         metadata.update({f"mitoscope.{k}": v for k, v in (extra or {}).items()})
         _prepend_uint8_nhwc(exported, out_path, metadata)
+
+
+def export_frcnn(
+    checkpoint: Path,
+    out_path: Path,
+    target_lab: dict[str, list[float]],
+    extra: dict[str, str] | None = None,
+    model_name: str = "faster_rcnn_mitosis",
+    version: str = "1",
+) -> None:
+    """Export a `training.train_frcnn` checkpoint: uint8 [1, H, W, 3] in, [n, 6] boxes out."""
+    import torch
+
+    from training.train_frcnn import build_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    detector = build_model(state["backbone"])
+    detector.load_state_dict(state["model"])
+    detector.eval()
+
+    class PerImage(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            image = images[0].permute(2, 0, 1).float() / 255.0
+            found = self.inner([image])[0]
+            classes = (found["labels"] - 1).float().unsqueeze(1)
+            return torch.cat([found["boxes"], found["scores"].unsqueeze(1), classes], dim=1)
+
+    dummy = torch.zeros((1, INPUT_SIZE_PX, INPUT_SIZE_PX, 3), dtype=torch.uint8)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = out_path.with_name("raw.onnx")
+    torch.onnx.export(
+        PerImage(detector),
+        (dummy,),
+        str(raw),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=OPSET,
+        dynamo=False,
+        dynamic_axes={OUTPUT_NAME: {0: "detections"}},
+    )
+    import onnx
+
+    model = onnx.load(str(raw))
+    raw.unlink()
+    metadata = {
+        "mitoscope.model_name": model_name,
+        "mitoscope.model_version": version,
+        "mitoscope.architecture": f"faster r-cnn ({state['backbone']}-fpn, torchvision)",
+        "mitoscope.input_size_px": str(INPUT_SIZE_PX),
+        "mitoscope.mpp_um_per_px": str(MPP_UM_PER_PX),
+        "mitoscope.class_names": json.dumps(["mitosis"]),
+        "mitoscope.output_format": "xyxy_score_class",
+        "mitoscope.reinhard_target_lab": json.dumps(target_lab),
+    }
+    metadata.update({f"mitoscope.{k}": v for k, v in (extra or {}).items()})
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(out_path))

@@ -15,7 +15,7 @@ import numpy as np
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, ScoredImage, best_threshold, pr_curve
 from services.detector.backends import OnnxRuntimeBackend
-from services.detector.postprocess import decode_yolo
+from services.detector.postprocess import decode
 
 CANDIDATE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 MPP_UM_PER_PX = 0.25
@@ -57,7 +57,7 @@ def choose_threshold(model_path: Path, dataset_dir: Path) -> ThresholdChoice:
         for k, (rgb, _) in enumerate(group):
             oy, ox = (k // per_side) * cell, (k % per_side) * cell
             tile[oy : oy + cell, ox : ox + cell] = rgb
-        (dets,) = decode_yolo(backend.infer(tile[None]), score_threshold=min(CANDIDATE_THRESHOLDS))
+        (dets,) = decode(backend.infer(tile[None]), backend.info.output_format, min(CANDIDATE_THRESHOLDS))
         for k, (_, centres) in enumerate(group):
             oy, ox = (k // per_side) * cell, (k % per_side) * cell
             mine = []

@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+PROG = "mitoscope train yolo"  # as invoked through the mitoscope CLI
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +58,9 @@ def _training_seconds(results_csv: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--amibr", type=Path, default=None, help="AMi-Br folder (real mitosis crops)")
     parser.add_argument("--synth-images", type=int, default=20, help="synthetic 2048 px images")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "yolo")

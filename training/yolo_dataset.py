@@ -101,8 +101,9 @@ def build(out_dir: Path, amibr_dir: Path | None, synth_images: int, seed: int) -
         manifest["amibr_slides"] = split_of
 
     synth: list[tuple[str, SynthParams]] = []
+    val_images = set(range(4, synth_images, 5)) or {synth_images - 1}  # every fifth, at least one
     for k in range(synth_images):
-        split = "val" if k % 5 == 4 else "train"
+        split = "val" if k in val_images else "train"
         synth.append(
             (
                 split,

@@ -21,7 +21,7 @@ from services.detector.errors import (
     ModelError,
     UnknownModelError,
 )
-from services.detector.model import ModelInfo, file_sha256
+from services.detector.model import MAX_BOXES_PER_TILE, ModelInfo, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ def _check_batch(tiles: npt.NDArray[np.uint8], info: ModelInfo) -> None:
         )
 
 
+def pad_boxes(per_tile: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    """Per-tile [n, 6] box lists as one (tiles, MAX_BOXES_PER_TILE, 6) array, zero rows as padding."""
+    padded = np.zeros((len(per_tile), MAX_BOXES_PER_TILE, 6), np.float32)
+    for i, boxes in enumerate(per_tile):
+        kept = boxes[:MAX_BOXES_PER_TILE]
+        padded[i, : len(kept)] = kept
+    return padded
+
+
 class OnnxRuntimeBackend:
     def __init__(self, model_path: Path, threads: int = 0, sub_batch: int = DEFAULT_SUB_BATCH) -> None:
         import onnxruntime as ort
@@ -68,7 +77,8 @@ class OnnxRuntimeBackend:
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.info = ModelInfo.from_metadata(self.metadata, file_sha256(model_path), str(model_path))
         self.description = f"onnxruntime ({model_path.name}, {threads or 'all'} threads)"
-        self._sub_batch = sub_batch
+        # torchvision detectors export one image per call: run those tile by tile.
+        self._sub_batch = 1 if self._session.get_inputs()[0].shape[0] == 1 else sub_batch
 
     def infer(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         _check_batch(tiles, self.info)
@@ -76,6 +86,8 @@ class OnnxRuntimeBackend:
             self._session.run([OUTPUT_NAME], {INPUT_NAME: tiles[i : i + self._sub_batch]})[0]
             for i in range(0, len(tiles), self._sub_batch)
         ]
+        if self.info.output_format == "xyxy_score_class":
+            return pad_boxes(outputs)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def close(self) -> None:
@@ -111,6 +123,11 @@ class TritonBackend:
         params = {k: v.get("string_value", "") for k, v in config["config"].get("parameters", {}).items()}
         self.info = ModelInfo.from_metadata(params, params.get("mitoscope.model_sha256", ""), f"triton:{model_name}")
         self.description = f"triton grpc ({url}, model {model_name})"
+        # Without batching (max_batch_size 0: Faster R-CNN on the GPU) a call takes one tile and
+        # returns its [n, 6] boxes.
+        self._batched = int(config["config"].get("max_batch_size", 0)) > 0
+        if not self._batched:
+            self._sub_batch = 1
 
     def _translate(self, error: Exception) -> InferenceServerError:
         status = str(getattr(error, "status", lambda: "")())
@@ -135,6 +152,8 @@ class TritonBackend:
             except self._error_type as e:
                 raise self._translate(e) from e
             outputs.append(result.as_numpy(OUTPUT_NAME))
+        if not self._batched:
+            return pad_boxes(outputs)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ REQUIRED_KEYS = (
     "output_format",
     "reinhard_target_lab",
 )
-SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores",)
+SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores", "xyxy_score_class")
+MAX_BOXES_PER_TILE = 100  # per-image models' boxes are padded to this many rows per tile
 DEFAULT_MODEL_NAME = "yolov5n_mitosis"
 FALLBACK_SCORE_THRESHOLD = 0.25  # for models exported without a validated threshold
 

@@ -70,3 +70,37 @@ def decode_yolo(
         chosen = nms(boxes, kept_scores, iou_threshold)[:MAX_DETECTIONS_PER_TILE]
         results.append(TileDetections(boxes[chosen], kept_scores[chosen], kept_ids[chosen]))
     return results
+
+
+def decode_boxes(
+    raw: npt.NDArray[np.float32], score_threshold: float, iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> list[TileDetections]:
+    """(n, boxes, 6) rows of x0, y0, x1, y1, score, class (zero rows are padding) -> boxes."""
+    if raw.ndim != 3 or raw.shape[2] != 6:
+        raise ValueError(f"unexpected box-list output shape {raw.shape}")
+    results = []
+    for rows in raw:
+        keep = rows[:, 4] >= max(score_threshold, 1e-9)
+        if not keep.any():
+            results.append(TileDetections.empty())
+            continue
+        boxes = rows[keep, :4].astype(np.float32)
+        scores = rows[keep, 4].astype(np.float32)
+        class_ids = rows[keep, 5].astype(np.int64)
+        chosen = nms(boxes, scores, iou_threshold)[:MAX_DETECTIONS_PER_TILE]
+        results.append(TileDetections(boxes[chosen], scores[chosen], class_ids[chosen]))
+    return results
+
+
+def decode(
+    raw: npt.NDArray[np.float32],
+    output_format: str,
+    score_threshold: float,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> list[TileDetections]:
+    """Decode a model's raw output by its declared `mitoscope.output_format`."""
+    if output_format == "yolo_cxcywh_scores":
+        return decode_yolo(raw, score_threshold, iou_threshold)
+    if output_format == "xyxy_score_class":
+        return decode_boxes(raw, score_threshold, iou_threshold)
+    raise ValueError(f"unknown output format {output_format!r}")
