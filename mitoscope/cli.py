@@ -20,7 +20,7 @@ from rich.table import Table
 
 from mitoscope import __version__
 from mitoscope.pipeline import ScoreOptions
-from services.detector.backends import DetectorBackend
+from services.detector.detector import Detector
 
 app = typer.Typer(
     help="mitoscope: count mitoses on breast-cancer H&E whole-slide images and give the "
@@ -107,9 +107,8 @@ def score(
     Writes result.json, result.geojson (QuPath), result.csv and overview.png.
     """
     from services.aggregator.errors import AggregatorError
-    from services.detector.backends import OnnxRuntimeBackend, TritonBackend
+    from services.detector.detector import open_detector
     from services.detector.errors import DetectorError, InferenceServerError
-    from services.detector.model import resolve_model_path
     from services.preprocess.errors import PreprocessError
     from services.tiler.errors import StorageUnavailableError, TilerError
     from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
@@ -122,15 +121,12 @@ def score(
         field_diameter_mm=field_diameter_mm,
         gallery=gallery,
     )
-    detector: DetectorBackend | None = None
+    detector: Detector | None = None
     try:
         local = resolve_slide(slide, SlideCache(cache_root) if is_s3_uri(slide) else None)
         name = slide.rsplit("/", 1)[-1]
         out_dir = out or (Path(f"{name}.mitoscope") if is_s3_uri(slide) else local.with_name(f"{name}.mitoscope"))
-        if backend is BackendChoice.triton:
-            detector = TritonBackend(triton_url, model)
-        else:
-            detector = OnnxRuntimeBackend(resolve_model_path(model, _model_repository()), threads=threads)
+        detector = open_detector(model, backend.value, _model_repository(), triton_url, threads)
         result = _score_with_progress(local, out_dir, detector, options, name)
     except (StorageUnavailableError, InferenceServerError) as e:
         raise _fail(str(e), EXIT_UNAVAILABLE) from None
@@ -142,9 +138,7 @@ def score(
     _print_summary(result, out_dir)
 
 
-def _score_with_progress(
-    slide: Path, out_dir: Path, detector: DetectorBackend, options: ScoreOptions, name: str
-) -> dict:  # type: ignore[type-arg]
+def _score_with_progress(slide: Path, out_dir: Path, detector: Detector, options: ScoreOptions, name: str) -> dict:  # type: ignore[type-arg]
     from mitoscope.pipeline import score_slide
 
     # The bar appears once the slide is open and its tiles are planned, so a refused slide
@@ -243,8 +237,8 @@ def demo(
     from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
     from mitoscope.pipeline import REPO_ROOT
     from mitoscope.synth import SynthParams, make_slide, truth_path_for
-    from services.detector.backends import OnnxRuntimeBackend, TritonBackend
-    from services.detector.model import DEFAULT_MODEL_NAME, resolve_model_path
+    from services.detector.detector import open_detector
+    from services.detector.model import DEFAULT_MODEL_NAME
     from services.detector.triton_server import TritonServer, TritonServerError
 
     slide = out / "synthetic.svs"
@@ -257,16 +251,16 @@ def demo(
         slides.append(cmu)
     repository = _model_repository()
     server: TritonServer | None = None
-    detector: DetectorBackend
+    detector: Detector
     try:
         server = TritonServer(repository, REPO_ROOT / ".venv-triton", REPO_ROOT / ".cache" / "triton")
         with console.status("starting the local Triton server"):
             server.start()
-        detector = TritonBackend(server.grpc_url, DEFAULT_MODEL_NAME)
+        detector = open_detector(DEFAULT_MODEL_NAME, "triton", repository, server.grpc_url)
     except TritonServerError as e:
         console.print(f"[yellow]Triton unavailable ({e}); scoring in-process with ONNX Runtime[/]")
         server = None
-        detector = OnnxRuntimeBackend(resolve_model_path(DEFAULT_MODEL_NAME, repository))
+        detector = open_detector(DEFAULT_MODEL_NAME, "onnxruntime", repository, "")
     try:
         for path in slides:
             out_dir = out / f"{path.name}.mitoscope"
@@ -310,26 +304,25 @@ def evaluate(
     import json
 
     from services.aggregator.exports import write_png
-    from services.detector.backends import OnnxRuntimeBackend
+    from services.detector.detector import open_detector
     from services.detector.errors import DetectorError
-    from services.detector.model import resolve_model_path
     from training.annotations import AnnotationError
     from training.evaluate import TABLE_HEADER, render_pr_curve, table_row, training_images
     from training.evaluate import evaluate as run_evaluation
 
     try:
-        backend = OnnxRuntimeBackend(resolve_model_path(model, _model_repository()))
+        detector = open_detector(model, "onnxruntime", _model_repository(), "")
     except DetectorError as e:
         raise _fail(str(e), EXIT_BAD_INPUT) from None
     try:
         with console.status("detecting on the evaluation images"):
-            result = run_evaluation(backend, test, images, val)
+            result = run_evaluation(detector, test, images, val)
     except AnnotationError as e:
         raise _fail(str(e), EXIT_BAD_INPUT) from None
     finally:
-        backend.close()
+        detector.close()
     out.mkdir(parents=True, exist_ok=True)
-    info = backend.info
+    info = detector.info
     c = result.test
     (out / "evaluation.json").write_text(
         json.dumps(

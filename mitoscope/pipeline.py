@@ -26,8 +26,8 @@ from services.aggregator import exports
 from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM, thresholds_for
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
-from services.detector.backends import DetectorBackend
-from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode
+from services.detector.detector import Detector
+from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan
 from services.tiler.planning import plan_slide
@@ -50,7 +50,6 @@ class ScoreOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     overlap_px: int = DEFAULT_OVERLAP_PX
     score_threshold: float | None = None  # None: the threshold the model was validated with
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD
     merge_radius_um: float = DEFAULT_MERGE_RADIUS_UM
     field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM
     gallery: bool = False
@@ -109,14 +108,14 @@ def code_version() -> str:
 def score_slide(
     path: Path,
     out_dir: Path,
-    backend: DetectorBackend,
+    detector: Detector,
     options: ScoreOptions = ScoreOptions(),
     progress: ProgressCallback | None = None,
     display_name: str | None = None,
 ) -> dict[str, Any]:
     """Score one slide and write result.json, result.geojson, result.csv, overview.png."""
     started = time.perf_counter()
-    info = backend.info
+    info = detector.info
     prepared = prepare_slide(path, options, info.mpp_um_per_px, info.input_size_px)
     slide, plan = prepared.slide, prepared.plan
     with slide:
@@ -129,8 +128,7 @@ def score_slide(
         if progress:
             progress(0, len(plan.tiles))
         for batch in read_batches(slide, plan, options.batch_size):
-            raw = backend.infer(normalise(batch.pixels))
-            decoded = decode(raw, info.output_format, score_threshold, options.iou_threshold)
+            decoded = detector.detect(normalise(batch.pixels), score_threshold)
             for tile, tile_detections in zip(batch.tiles, decoded, strict=True):
                 per_tile[tile.index] = tile_detections
             done += len(batch.tiles)
@@ -164,7 +162,7 @@ def score_slide(
                 "input_size_px": info.input_size_px,
                 "mpp_um_per_px": info.mpp_um_per_px,
                 "class_names": list(info.class_names),
-                "backend": backend.description,
+                "backend": detector.description,
             },
             "normalisation": {
                 "method": "reinhard",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import openslide
 import pytest
 
-from mitoscope.synth import SynthParams, make_slide
+from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from services.detector.backends import OnnxRuntimeBackend
 from services.detector.triton_server import TritonServer
+from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -51,3 +56,17 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSe
         MODEL_REPOSITORY, TRITON_VENV, REPO_ROOT / ".cache" / "triton", log_path=cache / "tritonserver.log"
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def e2e_tiles(e2e_slide: Path) -> np.ndarray:
+    """Eight normalised 512 px tissue tiles of the end-to-end slide, centred on planted mitoses."""
+    truth = json.loads(truth_path_for(e2e_slide).read_text())
+    rgb = np.asarray(openslide.OpenSlide(str(e2e_slide)).read_region((0, 0), 0, (4096, 4096)).convert("RGB"))
+    tiles = []
+    for m in truth["mitoses"][:8]:
+        x0 = int(np.clip(m["x_px"] - 256, 0, 4096 - 512))
+        y0 = int(np.clip(m["y_px"] - 256, 0, 4096 - 512))
+        tiles.append(rgb[y0 : y0 + 512, x0 : x0 + 512])
+    target = LabStats.from_dict(OnnxRuntimeBackend(MODEL_PATH, threads=1).info.reinhard_target_lab)
+    return ReinhardNormaliser(stats_from_images(tiles), target)(np.stack(tiles))

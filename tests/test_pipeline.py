@@ -20,6 +20,7 @@ from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
 from services.aggregator.exports import CSV_COLUMNS
 from services.detector.backends import OnnxRuntimeBackend, TritonBackend
+from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer, free_port
 from tests.conftest import MODEL_PATH, REPO_ROOT
@@ -81,11 +82,11 @@ GEOJSON_SCHEMA: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def onnx_result(e2e_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("onnx") / "result"
-    backend = OnnxRuntimeBackend(MODEL_PATH)
+    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
     try:
-        result = score_slide(e2e_slide, out, backend, ScoreOptions(batch_size=16))
+        result = score_slide(e2e_slide, out, detector, ScoreOptions(batch_size=16))
     finally:
-        backend.close()
+        detector.close()
     return result, out
 
 
@@ -141,12 +142,12 @@ def test_exports_validate(onnx_result: tuple[dict[str, Any], Path]) -> None:
 def test_triton_backend_gives_the_same_result(
     onnx_result: tuple[dict[str, Any], Path], e2e_slide: Path, triton_server: TritonServer, tmp_path: Path
 ) -> None:
-    backend = TritonBackend(triton_server.grpc_url, DEFAULT_MODEL_NAME)
+    detector = ModelDetector(TritonBackend(triton_server.grpc_url, DEFAULT_MODEL_NAME))
     try:
-        assert backend.info.sha256 == onnx_result[0]["provenance"]["model"]["sha256"]
-        result = score_slide(e2e_slide, tmp_path / "triton", backend, ScoreOptions(batch_size=16))
+        assert detector.info.sha256 == onnx_result[0]["provenance"]["model"]["sha256"]
+        result = score_slide(e2e_slide, tmp_path / "triton", detector, ScoreOptions(batch_size=16))
     finally:
-        backend.close()
+        detector.close()
     reference = onnx_result[0]
     assert result["mitosis_count"] == reference["mitosis_count"]
     for ours, theirs in zip(result["detections"], reference["detections"], strict=True):

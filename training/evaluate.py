@@ -23,8 +23,8 @@ import numpy.typing as npt
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, ScoredImage, best_threshold, pr_curve
 from services.aggregator.merge import MITOSIS_CLASS, merge_tile_detections
-from services.detector.backends import DetectorBackend
-from services.detector.postprocess import TileDetections, decode
+from services.detector.detector import Detector
+from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import DEFAULT_OVERLAP_PX, plan_tiles
 from services.tiler.tissue import TissueMask
@@ -52,10 +52,10 @@ def _load_rgb(path: Path) -> npt.NDArray[np.uint8]:
 
 
 def detect_in_image(
-    backend: DetectorBackend, rgb: npt.NDArray[np.uint8], mpp_um_per_px: float, normalise: ReinhardNormaliser
+    detector: Detector, rgb: npt.NDArray[np.uint8], mpp_um_per_px: float, normalise: ReinhardNormaliser
 ) -> list[tuple[float, float, float]]:
     """Detections (x, y, score) in image pixels, at the lowest candidate threshold."""
-    info = backend.info
+    info = detector.info
     h, w = rgb.shape[:2]
     everything = TissueMask(np.ones((1, 1), bool), float(max(w, h)), mpp_um_per_px)
     plan = plan_tiles(w, h, mpp_um_per_px, everything, info.mpp_um_per_px, info.input_size_px, DEFAULT_OVERLAP_PX)
@@ -68,14 +68,14 @@ def detect_in_image(
         region = padded[y0 : y0 + read_px, x0 : x0 + read_px]
         tiles[i] = region if read_px == plan.tile_px else cv2.resize(region, (plan.tile_px, plan.tile_px))
     per_tile: dict[int, TileDetections] = {}
-    decoded = decode(backend.infer(normalise(tiles)), info.output_format, min(THRESHOLDS))
+    decoded = detector.detect(normalise(tiles), min(THRESHOLDS))
     for tile, detections in zip(plan.tiles, decoded, strict=True):
         per_tile[tile.index] = detections
     merged = merge_tile_detections(plan, per_tile, info.class_names)
     return [(d.x_px, d.y_px, d.score) for d in merged if d.class_name == MITOSIS_CLASS]
 
 
-def score_coco(backend: DetectorBackend, coco_path: Path, image_root: Path) -> tuple[list[ScoredImage], float]:
+def score_coco(detector: Detector, coco_path: Path, image_root: Path) -> tuple[list[ScoredImage], float]:
     """Run the model over every image of a COCO file; returns scored images and their MPP."""
     try:
         coco = json.loads(coco_path.read_text())
@@ -89,7 +89,7 @@ def score_coco(backend: DetectorBackend, coco_path: Path, image_root: Path) -> t
         if names.get(ann["category_id"]) == MITOSIS_CLASS:
             x, y, bw, bh = ann["bbox"]
             truths[ann["image_id"]].append((x + bw / 2, y + bh / 2))
-    target = LabStats.from_dict(backend.info.reinhard_target_lab)
+    target = LabStats.from_dict(detector.info.reinhard_target_lab)
     by_slide: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for image in coco["images"]:
         by_slide[str(image.get("slide", image["file_name"]))].append(image)
@@ -101,21 +101,21 @@ def score_coco(backend: DetectorBackend, coco_path: Path, image_root: Path) -> t
         for image, rgb in zip(images, pixels, strict=True):
             mpp = float(image.get("mpp", DEFAULT_MPP_UM_PER_PX))
             mpps.add(mpp)
-            scored.append((detect_in_image(backend, rgb, mpp, normalise), truths[image["id"]]))
+            scored.append((detect_in_image(detector, rgb, mpp, normalise), truths[image["id"]]))
     if len(mpps) != 1:
         raise AnnotationError(f"{coco_path}: images at several resolutions {sorted(mpps)}; evaluate them apart")
     return scored, mpps.pop()
 
 
-def evaluate(backend: DetectorBackend, test_coco: Path, image_root: Path, val_coco: Path | None = None) -> Evaluation:
-    test, mpp = score_coco(backend, test_coco, image_root)
+def evaluate(detector: Detector, test_coco: Path, image_root: Path, val_coco: Path | None = None) -> Evaluation:
+    test, mpp = score_coco(detector, test_coco, image_root)
     radius_px = MIDOG_MATCH_RADIUS_UM / mpp
     if val_coco is not None:
-        val, val_mpp = score_coco(backend, val_coco, image_root)
+        val, val_mpp = score_coco(detector, val_coco, image_root)
         threshold, _ = best_threshold(pr_curve(val, MIDOG_MATCH_RADIUS_UM / val_mpp, THRESHOLDS))
         source = "validation"
     else:
-        threshold, source = backend.info.score_threshold, "model"
+        threshold, source = detector.info.score_threshold, "model"
     curve = pr_curve(test, radius_px, THRESHOLDS)
     ((_, counts),) = pr_curve(test, radius_px, [threshold])
     return Evaluation(threshold, source, counts, curve, len(test), sum(len(t) for _, t in test))

@@ -27,6 +27,7 @@ from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_point
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
 from services.detector.backends import OnnxRuntimeBackend
+from services.detector.detector import ModelDetector
 from services.detector.postprocess import decode
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
@@ -45,7 +46,9 @@ def evaluate_synthetic(backend: OnnxRuntimeBackend, size_px: int, threshold: flo
             slide = Path(tmp) / f"eval-{seed}.svs"
             make_slide(slide, SynthParams(width_px=size_px, height_px=size_px, seed=seed, mitoses_per_mm2=10.0))
             truth = json.loads(truth_path_for(slide).read_text())
-            result = score_slide(slide, Path(tmp) / f"eval-{seed}", backend, ScoreOptions(score_threshold=threshold))
+            result = score_slide(
+                slide, Path(tmp) / f"eval-{seed}", ModelDetector(backend), ScoreOptions(score_threshold=threshold)
+            )
             counts = match_points(
                 ((d["x_px"], d["y_px"], d["score"]) for d in result["detections"]),
                 ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
