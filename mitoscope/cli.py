@@ -79,7 +79,11 @@ def score(
         Path | None, typer.Option(help="Output folder [default: <slide>.mitoscope/ next to the slide].")
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Model name in the model repository, or a path to an .onnx file.")
+        str,
+        typer.Option(
+            help="Model name in the model repository (yolov5n_mitosis, faster_rcnn_mitosis), 'ensemble' "
+            "(both, weighted box fusion), or a path to an .onnx file."
+        ),
     ] = "yolov5n_mitosis",
     backend: Annotated[
         BackendChoice, typer.Option(help="Run the model in this process or on a Triton server.")
@@ -293,7 +297,7 @@ def evaluate(
         Path | None, typer.Option(help="COCO JSON of the validation split: the threshold is chosen there.")
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Model name in the model repository, or an .onnx file.")
+        str, typer.Option(help="Model name in the model repository, 'ensemble', or an .onnx file.")
     ] = "yolov5n_mitosis",
     out: Annotated[Path, typer.Option(help="Folder for evaluation.json, pr_curve.png and report.md.")] = Path(
         "out/evaluation"

@@ -13,6 +13,7 @@ import pytest
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, best_threshold, pr_curve
 from mitoscope.synth import SynthParams, synthesize
 from services.detector.backends import OnnxRuntimeBackend
+from services.detector.detector import ModelDetector
 from tests.conftest import MODEL_PATH, REPO_ROOT
 from training.annotations import AnnotatedImage, Figure
 from training.datasets import coco_document
@@ -67,9 +68,9 @@ def test_evaluate_writes_metrics_curve_and_table_with_a_threshold_from_validatio
     assert "| synthetic |" in (out / "report.md").read_text()
     assert cv2.imread(str(out / "pr_curve.png")) is not None
 
-    backend = OnnxRuntimeBackend(MODEL_PATH, threads=1)
-    val, mpp = score_coco(backend, coco_dataset / "val.json", coco_dataset)
-    backend.close()
+    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH, threads=1))
+    val, mpp = score_coco(detector, coco_dataset / "val.json", coco_dataset)
+    detector.close()
     threshold, _ = best_threshold(pr_curve(val, MIDOG_MATCH_RADIUS_UM / mpp, THRESHOLDS))
     assert report["threshold"] == threshold
 
