@@ -2,7 +2,7 @@
 
     python -m training.export yolo runs/yolo/train/weights/best.pt --dataset runs/yolo/dataset \\
         --install model_repository/yolov5n_mitosis
-    python -m training.export frcnn runs/frcnn/checkpoint.pt --dataset runs/yolo/dataset \\
+    python -m training.export frcnn runs/frcnn/best.pt --dataset runs/yolo/dataset \\
         --install model_repository/faster_rcnn_mitosis
 
 The dataset folder supplies the Reinhard target and the training-data hash that travel in the
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("architecture", choices=["yolo", "frcnn"])
-    parser.add_argument("checkpoint", type=Path, help="best.pt (YOLO) or checkpoint.pt (Faster R-CNN)")
+    parser.add_argument("checkpoint", type=Path, help="the run's best.pt (YOLO or Faster R-CNN)")
     parser.add_argument("--dataset", type=Path, required=True, help="the dataset folder the model was trained on")
     parser.add_argument("--install", type=Path, required=True, help="model_repository/<model name>")
     parser.add_argument("--version", default="1", help="model version folder")

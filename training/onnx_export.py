@@ -175,6 +175,9 @@ def export_frcnn(
         "mitoscope.output_format": "xyxy_score_class",
         "mitoscope.reinhard_target_lab": json.dumps(target_lab),
     }
+    if "val_threshold" in state:  # chosen on the validation split during training
+        metadata["mitoscope.score_threshold"] = f"{state['val_threshold']:.2f}"
+        metadata["mitoscope.val_f1"] = f"{state['val_f1']:.4f}"
     metadata.update({f"mitoscope.{k}": v for k, v in (extra or {}).items()})
     for key, value in metadata.items():
         entry = model.metadata_props.add()

@@ -9,8 +9,9 @@ for CPUs, ResNet-50 (the paper's) for GPU users; no pretrained weights (nothing 
 so batch norm is trained. Multi-GPU: `torchrun --nproc-per-node N -m training.train_frcnn ...`
 (DDP, gloo on CPU, nccl on GPU); one process on CPU works the same.
 
-Each epoch writes `checkpoint.pt` (model, optimiser, epoch, RNG state) and `metrics.jsonl`; a
-rerun resumes from the checkpoint. `--install` exports ONNX (see `training.onnx_export`).
+Each epoch writes `checkpoint.pt` (model, optimiser, epoch), `metrics.jsonl` (loss, validation F1
+with MIDOG matching and its best threshold) and, when validation F1 improves, `best.pt`; a rerun
+resumes from the checkpoint. `--install` exports ONNX (see `training.onnx_export`).
 """
 
 from __future__ import annotations
@@ -44,11 +45,49 @@ def _read_items(dataset_dir: Path, split: str) -> list[tuple[Path, np.ndarray]]:
     return items
 
 
+def metrics_lines(out_dir: Path) -> list[str]:
+    path = out_dir / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
 def mosaics(items: list[tuple[Path, np.ndarray]], seed: int, epoch: int) -> list[list[int]]:
     """Groups of four item indices per 512 px training image, reshuffled each epoch (seeded)."""
     order = list(range(len(items)))
     random.Random(seed * 1000 + epoch).shuffle(order)
     return [order[i : i + 4] for i in range(0, len(order), 4)]
+
+
+def validation_f1(model, items: list[tuple[Path, np.ndarray]], device) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Best F1 over score thresholds on the validation tiles (MIDOG matching), and that threshold."""
+    import cv2
+    import torch
+
+    from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, best_threshold, pr_curve
+
+    scored = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(items), 4):
+            group = items[start : start + 4]
+            canvas = np.full((TILE_PX, TILE_PX, 3), 255, np.uint8)
+            for k, (path, _) in enumerate(group):
+                oy, ox = (k // 2) * CELL_PX, (k % 2) * CELL_PX
+                canvas[oy : oy + CELL_PX, ox : ox + CELL_PX] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            image = torch.from_numpy(canvas).permute(2, 0, 1).float().div(255.0).to(device)
+            found = model([image])[0]
+            boxes, scores = found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
+            for k, (_, truth_boxes) in enumerate(group):
+                oy, ox = (k // 2) * CELL_PX, (k % 2) * CELL_PX
+                dets = [
+                    ((b[0] + b[2]) / 2 - ox, (b[1] + b[3]) / 2 - oy, float(s))
+                    for b, s in zip(boxes, scores, strict=True)
+                    if 0 <= (b[0] + b[2]) / 2 - ox < CELL_PX and 0 <= (b[1] + b[3]) / 2 - oy < CELL_PX
+                ]
+                truths = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in truth_boxes]
+                scored.append((dets, truths))
+    curve = pr_curve(scored, MIDOG_MATCH_RADIUS_UM / 0.25, [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)])
+    threshold, counts = best_threshold(curve)
+    return counts.f1, threshold
 
 
 def build_model(backbone: str, num_classes: int = 2):  # type: ignore[no-untyped-def]
@@ -98,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(False)
 
     items = _read_items(args.dataset, "train")
+    val_items = _read_items(args.dataset, "val")
     if args.limit:
-        items = items[: args.limit]
+        items, val_items = items[: args.limit], val_items[: args.limit]
     if not items:
         raise SystemExit(f"{args.dataset}: no training images (build it with python -m training.train_yolo)")
     model = build_model(args.backbone).to(device)
@@ -160,43 +200,53 @@ def main(argv: list[str] | None = None) -> None:
             losses.append(float(loss))
         scheduler.step()
         if rank == 0:
+            inner = model.module if distributed else model
+            val_f1, val_threshold = validation_f1(inner, val_items, device)
+            best_so_far = max((json.loads(line)["val_f1"] for line in metrics_lines(args.out)), default=-1.0)
             record = {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
+                "val_f1": round(val_f1, 4),
+                "val_threshold": val_threshold,
                 "seconds": round(time.time() - started, 1),
                 "lr": optimiser.param_groups[0]["lr"],
             }
             with (args.out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            torch.save(
-                {
-                    "model": (model.module if distributed else model).state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "epoch": epoch,
-                    "backbone": args.backbone,
-                },
-                checkpoint_path,
-            )
+            state = {
+                "model": inner.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "epoch": epoch,
+                "backbone": args.backbone,
+                "val_f1": val_f1,
+                "val_threshold": val_threshold,
+            }
+            torch.save(state, checkpoint_path)
+            if val_f1 > best_so_far:  # the checkpoint the export uses
+                torch.save(state, args.out / "best.pt")
             print(json.dumps(record), flush=True)
     if distributed:
         dist.destroy_process_group()
     if rank == 0 and args.install is not None:
         from training.onnx_export import export_frcnn
+        from training.train_yolo import dataset_sha256
 
         manifest = json.loads((args.dataset / "manifest.json").read_text())
-        seconds = sum(json.loads(line)["seconds"] for line in (args.out / "metrics.jsonl").read_text().splitlines())
+        records = [json.loads(line) for line in metrics_lines(args.out)]
+        best = max(records, key=lambda r: r["val_f1"])
         export_frcnn(
-            checkpoint_path,
+            args.out / "best.pt",
             args.install / "1" / "model.onnx",
             target_lab=manifest["target_lab"],
             extra={
-                "train_seconds": f"{seconds:.0f}",
-                "epochs": str(args.epochs),
+                "train_seconds": f"{sum(r['seconds'] for r in records):.0f}",
+                "epochs": str(len(records)),
                 "recipe": "python -m training.train_frcnn",
                 "data": json.dumps(manifest["counts"]),
+                "training_data_sha256": dataset_sha256(args.dataset),
             },
         )
-        print(f"installed {args.install / '1' / 'model.onnx'}")
+        print(f"installed {args.install / '1' / 'model.onnx'} (epoch {best['epoch']}, validation F1 {best['val_f1']})")
 
 
 if __name__ == "__main__":
