@@ -12,7 +12,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train-venv demo test check format models bench clean
+.PHONY: help setup proto train-venv demo test check format models bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -22,6 +22,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
+
+# Protobuf bindings of the internal messages, generated (not committed) with the venv's protoc.
+PROTO_OUT := services/common/proto
+$(PROTO_OUT)/.generated: proto/mitoscope/v1/pipeline.proto $(VENV)/.installed
+	rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) $<
+	touch $@
+
+proto: $(PROTO_OUT)/.generated ## Generate the protobuf bindings of proto/ (setup does it too)
 
 # Triton's own venv: the nvidia-pytriton wheel pins numpy<2; the Python backend runs ONNX Runtime.
 $(TRITON_VENV)/.installed: requirements-triton.txt
@@ -38,7 +47,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml
 	$(TRAIN_VENV)/bin/pip install -q -e '.[train]'
 	touch $@
 
-setup: $(VENV)/.installed $(TRITON_VENV)/.installed ## Create the serving and Triton virtual environments
+setup: $(VENV)/.installed $(PROTO_OUT)/.generated $(TRITON_VENV)/.installed ## Create the serving and Triton virtual environments
 
 train-venv: $(TRAIN_VENV)/.installed ## Create the training venv (torch from local wheels, ultralytics)
 
