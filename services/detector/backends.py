@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAME = "detections"
 DEFAULT_SUB_BATCH = 8  # tiles per inference call: bounds memory and message size
-DEFAULT_TRITON_TIMEOUT_S = 120.0
+DEFAULT_TRITON_TIMEOUT_S = 120.0  # one inference call
+DEFAULT_TRITON_CONNECT_TIMEOUT_S = 5.0  # readiness and metadata calls
 
 
 class DetectorBackend(Protocol):
@@ -101,6 +102,7 @@ class TritonBackend:
         model_name: str,
         timeout_s: float = DEFAULT_TRITON_TIMEOUT_S,
         sub_batch: int = DEFAULT_SUB_BATCH,
+        connect_timeout_s: float = DEFAULT_TRITON_CONNECT_TIMEOUT_S,
     ) -> None:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
@@ -110,14 +112,14 @@ class TritonBackend:
         self._url, self._model, self._timeout_s, self._sub_batch = url, model_name, timeout_s, sub_batch
         self._client = grpcclient.InferenceServerClient(url=url)
         try:
-            if not self._client.is_server_ready(client_timeout=timeout_s):
+            if not self._client.is_server_ready(client_timeout=connect_timeout_s):
                 raise InferenceServerError(f"Triton at {url} is not ready")
-            if not self._client.is_model_ready(model_name, client_timeout=timeout_s):
+            if not self._client.is_model_ready(model_name, client_timeout=connect_timeout_s):
                 known = [m.name for m in self._client.get_model_repository_index().models]
                 raise UnknownModelError(
                     f"model {model_name!r} is not loaded in Triton at {url} (loaded: {', '.join(known)})"
                 )
-            config = self._client.get_model_config(model_name, as_json=True, client_timeout=timeout_s)
+            config = self._client.get_model_config(model_name, as_json=True, client_timeout=connect_timeout_s)
         except InferenceServerException as e:
             raise self._translate(e) from e
         params = {k: v.get("string_value", "") for k, v in config["config"].get("parameters", {}).items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.messages import batch_from_message, batch_to_message, stats_from_message, stats_to_message
@@ -61,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def stats(request: Request, settings: SettingsDep) -> Response:
         batch = await read_message(request, pb.TileBatch, settings.max_body_bytes)
         _, pixels = batch_from_message(batch)
-        return message_response(stats_to_message(stats_from_images(list(pixels))))
+        stats = await run_in_threadpool(stats_from_images, list(pixels))
+        return message_response(stats_to_message(stats))
 
     @app.post(
         "/v1/normalise",
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         message = await read_message(request, pb.NormaliseRequest, settings.max_body_bytes)
         tiles, pixels = batch_from_message(message.batch)
         normaliser = ReinhardNormaliser(stats_from_message(message.source), stats_from_message(message.target))
-        return message_response(batch_to_message(message.batch.slide_id, tiles, normaliser(pixels)))
+        normalised = await run_in_threadpool(normaliser, pixels)
+        return message_response(batch_to_message(message.batch.slide_id, tiles, normalised))
 
     return app
