@@ -79,6 +79,18 @@ class Slide:
         array = np.asarray(image.convert("RGBA"))
         return _rgba_to_rgb_on_white(array)
 
+    def deepzoom_tile(self, level: int, col: int, row: int, tile_px: int, overlap_px: int) -> npt.NDArray[np.uint8]:
+        """One tile of the slide's DeepZoom pyramid (as slide viewers such as OpenSeadragon ask)."""
+        from openslide.deepzoom import DeepZoomGenerator
+
+        generator = DeepZoomGenerator(self._handle, tile_px, overlap_px)
+        if not 0 <= level < generator.level_count:
+            raise IndexError(f"no DeepZoom level {level} (0..{generator.level_count - 1})")
+        cols, rows = generator.level_tiles[level]
+        if not (0 <= col < cols and 0 <= row < rows):
+            raise IndexError(f"no tile {col}_{row} at DeepZoom level {level} ({cols} x {rows} tiles)")
+        return np.asarray(generator.get_tile(level, (col, row)).convert("RGB"))
+
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed `downsample` (within 1 %)."""
         best = 0

@@ -1,0 +1,248 @@
+"""tiler service: slide metadata, the tissue tile plan, tile batches and DeepZoom tiles over HTTP.
+
+    uvicorn services.tiler.app:create_app --factory --host 127.0.0.1 --port 8101
+
+Slides are named by location: a path under the configured slide root, or `s3://bucket/key`
+(fetched into the bounded slide cache). Open slides and their plans are kept in a small LRU so
+successive batch requests for one slide do not reopen or re-plan it.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import cv2
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.messages import batch_to_message
+from services.common.web import add_common_error_handlers, add_error_handler, message_response, observability_router
+from services.tiler.errors import SlideError, SlideNotFoundError, StorageUnavailableError
+from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, TilePlan
+from services.tiler.planning import SlidePlan, plan_slide
+from services.tiler.reader import ReadGeometry, read_tile
+from services.tiler.slide import Slide, open_slide, resolve_mpp
+from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
+
+DEEPZOOM_TILE_PX = 254
+DEEPZOOM_OVERLAP_PX = 1
+MAX_TILES_PER_BATCH = 300
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TILER_")
+
+    slide_root: Path = Path("slides")  # local locations must lie under it
+    cache_dir: Path = Path(".cache/mitoscope/slides")
+    cache_max_bytes: int = 20 * 1024**3
+    open_slides: int = 8
+
+
+class PlanRequest(BaseModel):
+    location: str = Field(description="path under the slide root, or s3://bucket/key")
+    mpp_um_per_px: float | None = Field(default=None, description="only for slides without MPP metadata")
+    model_mpp_um_per_px: float = 0.25
+    tile_px: int = DEFAULT_TILE_PX
+    overlap_px: int = DEFAULT_OVERLAP_PX
+
+
+class PlanResponse(BaseModel):
+    width_px: int
+    height_px: int
+    mpp_um_per_px: float
+    level0_px_per_tile_px: float
+    rows: int
+    cols: int
+    tile_px: int
+    overlap_px: int
+    tissue_area_mm2: float
+    tiles: list[tuple[int, int, int, int, int]] = Field(description="index, row, col, x_px, y_px (model space)")
+    tissue_mask_png: str = Field(description="base64 PNG of the tissue mask")
+    level0_px_per_mask_px: float
+
+
+class BatchRequest(PlanRequest):
+    start: int = Field(ge=0)
+    count: int = Field(gt=0, le=MAX_TILES_PER_BATCH)
+
+
+@dataclass
+class OpenSlide:
+    slide: Slide
+    lock: threading.Lock
+    plans: dict[tuple[float, float, int, int], tuple[float, SlidePlan]]
+
+
+class SlideRegistry:
+    """Open slides by location (LRU-bounded) with their plans."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = SlideCache(settings.cache_dir, settings.cache_max_bytes)
+        self._open: OrderedDict[str, OpenSlide] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _local_path(self, location: str) -> Path:
+        if is_s3_uri(location):
+            return resolve_slide(location, self.cache)
+        root = self.settings.slide_root.resolve()
+        path = (root / location).resolve()
+        if not path.is_relative_to(root):
+            raise SlideNotFoundError(f"{location}: outside the slide root")
+        return resolve_slide(str(path))
+
+    def get(self, location: str) -> OpenSlide:
+        with self._lock:
+            if location in self._open:
+                self._open.move_to_end(location)
+                return self._open[location]
+        opened = OpenSlide(open_slide(self._local_path(location)), threading.Lock(), {})
+        with self._lock:
+            self._open[location] = opened
+            while len(self._open) > self.settings.open_slides:
+                _, evicted = self._open.popitem(last=False)
+                with evicted.lock:
+                    evicted.slide.close()
+            return opened
+
+    def plan(self, request: PlanRequest) -> tuple[OpenSlide, float, SlidePlan]:
+        opened = self.get(request.location)
+        key = (request.mpp_um_per_px or 0.0, request.model_mpp_um_per_px, request.tile_px, request.overlap_px)
+        with opened.lock:
+            if key not in opened.plans:
+                mpp = resolve_mpp(opened.slide.info, request.mpp_um_per_px)
+                opened.plans[key] = (
+                    mpp,
+                    plan_slide(opened.slide, mpp, request.model_mpp_um_per_px, request.tile_px, request.overlap_px),
+                )
+            mpp, planned = opened.plans[key]
+        return opened, mpp, planned
+
+    def close(self) -> None:
+        with self._lock:
+            for opened in self._open.values():
+                opened.slide.close()
+            self._open.clear()
+
+
+def _plan_response(mpp: float, planned: SlidePlan) -> PlanResponse:
+    plan: TilePlan = planned.plan
+    ok, png = cv2.imencode(".png", planned.tissue.mask.astype(np.uint8) * 255)
+    assert ok
+    return PlanResponse(
+        width_px=plan.slide_width_px,
+        height_px=plan.slide_height_px,
+        mpp_um_per_px=mpp,
+        level0_px_per_tile_px=plan.level0_px_per_tile_px,
+        rows=plan.rows,
+        cols=plan.cols,
+        tile_px=plan.tile_px,
+        overlap_px=plan.overlap_px,
+        tissue_area_mm2=plan.tissue_area_mm2,
+        tiles=[(t.index, t.row, t.col, t.x_px, t.y_px) for t in plan.tiles],
+        tissue_mask_png=base64.b64encode(png.tobytes()).decode(),
+        level0_px_per_mask_px=planned.tissue.level0_px_per_mask_px,
+    )
+
+
+def get_registry(request: Request) -> SlideRegistry:
+    registry: SlideRegistry = request.app.state.registry
+    return registry
+
+
+RegistryDep = Annotated[SlideRegistry, Depends(get_registry)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    registry = SlideRegistry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        registry.close()
+
+    def problems() -> list[str]:
+        root = settings.slide_root
+        return [] if root.is_dir() else [f"slide root {root} does not exist"]
+
+    app = FastAPI(
+        title="mitoscope tiler",
+        version="1",
+        lifespan=lifespan,
+        description="Slides (OpenSlide, tiffslide) to tissue tile plans and tile batches "
+        "(`application/x-protobuf` TileBatch), plus DeepZoom tiles for viewers.",
+    )
+    app.state.registry = registry
+    router, middleware = observability_router("tiler", ready=problems)
+    app.include_router(router)
+    app.middleware("http")(middleware)
+    add_common_error_handlers(app)
+    add_error_handler(app, SlideNotFoundError, 404, "slide_not_found")
+    add_error_handler(app, SlideError, 422, "bad_slide")
+    add_error_handler(app, StorageUnavailableError, 503, "storage_unavailable")
+
+    @app.post("/v1/plan", summary="Tissue mask and tile grid of a slide", tags=["tiler"])
+    async def plan(request: PlanRequest, registry: RegistryDep) -> PlanResponse:
+        _, mpp, planned = await run_in_threadpool(registry.plan, request)
+        return _plan_response(mpp, planned)
+
+    @app.post(
+        "/v1/batch",
+        summary="Tiles [start, start + count) of the plan, as a TileBatch",
+        response_class=Response,
+        tags=["tiler"],
+    )
+    async def batch(request: BatchRequest, registry: RegistryDep) -> Response:
+        opened, _, planned = await run_in_threadpool(registry.plan, request)
+        tiles = planned.plan.tiles[request.start : request.start + request.count]
+
+        def read() -> np.ndarray:
+            geometry = ReadGeometry.for_plan(opened.slide, planned.plan)
+            with opened.lock:
+                return np.stack([read_tile(opened.slide, planned.plan, geometry, t) for t in tiles])
+
+        if not tiles:
+            pixels = np.zeros((0, request.tile_px, request.tile_px, 3), np.uint8)
+        else:
+            pixels = await run_in_threadpool(read)
+        return message_response(batch_to_message(request.location, tiles, pixels))
+
+    @app.get(
+        "/v1/deepzoom/{level}/{col}_{row}.jpeg",
+        summary="A DeepZoom tile for slide viewers",
+        response_class=Response,
+        tags=["viewer"],
+    )
+    async def deepzoom(
+        level: int,
+        col: int,
+        row: int,
+        registry: RegistryDep,
+        location: Annotated[str, Query(description="the slide's location")],
+    ) -> Response:
+        opened = await run_in_threadpool(registry.get, location)
+
+        def render() -> bytes:
+            with opened.lock:
+                try:
+                    tile = opened.slide.deepzoom_tile(level, col, row, DEEPZOOM_TILE_PX, DEEPZOOM_OVERLAP_PX)
+                except IndexError as e:
+                    raise SlideNotFoundError(f"{location}: {e}") from e
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            assert ok
+            return bytes(jpeg.tobytes())
+
+        return Response(await run_in_threadpool(render), media_type="image/jpeg")
+
+    return app
