@@ -9,7 +9,6 @@ successive batch requests for one slide do not reopen or re-plan it.
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -25,10 +24,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.messages import batch_to_message
+from services.common.messages import batch_to_message, plan_to_message
 from services.common.web import add_common_error_handlers, add_error_handler, message_response, observability_router
 from services.tiler.errors import SlideError, SlideNotFoundError, StorageUnavailableError
-from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, TilePlan
+from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from services.tiler.planning import SlidePlan, plan_slide
 from services.tiler.reader import ReadGeometry, read_tile
 from services.tiler.slide import Slide, open_slide, resolve_mpp
@@ -54,21 +53,6 @@ class PlanRequest(BaseModel):
     model_mpp_um_per_px: float = 0.25
     tile_px: int = DEFAULT_TILE_PX
     overlap_px: int = DEFAULT_OVERLAP_PX
-
-
-class PlanResponse(BaseModel):
-    width_px: int
-    height_px: int
-    mpp_um_per_px: float
-    level0_px_per_tile_px: float
-    rows: int
-    cols: int
-    tile_px: int
-    overlap_px: int
-    tissue_area_mm2: float
-    tiles: list[tuple[int, int, int, int, int]] = Field(description="index, row, col, x_px, y_px (model space)")
-    tissue_mask_png: str = Field(description="base64 PNG of the tissue mask")
-    level0_px_per_mask_px: float
 
 
 class BatchRequest(PlanRequest):
@@ -135,26 +119,6 @@ class SlideRegistry:
             self._open.clear()
 
 
-def _plan_response(mpp: float, planned: SlidePlan) -> PlanResponse:
-    plan: TilePlan = planned.plan
-    ok, png = cv2.imencode(".png", planned.tissue.mask.astype(np.uint8) * 255)
-    assert ok
-    return PlanResponse(
-        width_px=plan.slide_width_px,
-        height_px=plan.slide_height_px,
-        mpp_um_per_px=mpp,
-        level0_px_per_tile_px=plan.level0_px_per_tile_px,
-        rows=plan.rows,
-        cols=plan.cols,
-        tile_px=plan.tile_px,
-        overlap_px=plan.overlap_px,
-        tissue_area_mm2=plan.tissue_area_mm2,
-        tiles=[(t.index, t.row, t.col, t.x_px, t.y_px) for t in plan.tiles],
-        tissue_mask_png=base64.b64encode(png.tobytes()).decode(),
-        level0_px_per_mask_px=planned.tissue.level0_px_per_mask_px,
-    )
-
-
 def get_registry(request: Request) -> SlideRegistry:
     registry: SlideRegistry = request.app.state.registry
     return registry
@@ -192,10 +156,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_error_handler(app, SlideError, 422, "bad_slide")
     add_error_handler(app, StorageUnavailableError, 503, "storage_unavailable")
 
-    @app.post("/v1/plan", summary="Tissue mask and tile grid of a slide", tags=["tiler"])
-    async def plan(request: PlanRequest, registry: RegistryDep) -> PlanResponse:
-        _, mpp, planned = await run_in_threadpool(registry.plan, request)
-        return _plan_response(mpp, planned)
+    @app.post(
+        "/v1/plan",
+        summary="Tissue mask and tile grid of a slide, as a Plan message",
+        response_class=Response,
+        tags=["tiler"],
+    )
+    async def plan(request: PlanRequest, registry: RegistryDep) -> Response:
+        _, _, planned = await run_in_threadpool(registry.plan, request)
+        return message_response(plan_to_message(planned.plan, planned.tissue))
 
     @app.post(
         "/v1/batch",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mitoscope.pipeline import ScoreOptions, prepare_slide
-from services.common.messages import batch_from_message
+from services.common.messages import batch_from_message, plan_from_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.tiler.app import Settings, create_app
 from services.tiler.reader import read_batches
@@ -36,13 +35,11 @@ def client(slide_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TestCl
 def test_plan_and_batches_match_the_in_process_tiler(client: TestClient, slide_root: Path) -> None:
     response = client.post("/v1/plan", json={"location": "small.svs"})
     assert response.status_code == 200, response.text
-    plan = response.json()
+    plan, tissue = plan_from_message(pb.Plan.FromString(response.content))
     prepared = prepare_slide(slide_root / "small.svs", ScoreOptions(), 0.25, 512)
     with prepared.slide as slide:
-        assert plan["tiles"] == [[t.index, t.row, t.col, t.x_px, t.y_px] for t in prepared.plan.tiles]
-        assert plan["tissue_area_mm2"] == pytest.approx(prepared.tissue.area_mm2)
-        mask = cv2.imdecode(np.frombuffer(base64.b64decode(plan["tissue_mask_png"]), np.uint8), 0) > 0
-        np.testing.assert_array_equal(mask, prepared.tissue.mask)
+        assert plan == prepared.plan
+        np.testing.assert_array_equal(tissue.mask, prepared.tissue.mask)
         expected = next(read_batches(slide, prepared.plan, batch_size=3))
     response = client.post("/v1/batch", json={"location": "small.svs", "start": 0, "count": 3})
     assert response.status_code == 200

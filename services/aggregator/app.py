@@ -1,0 +1,96 @@
+"""aggregator service: every tile's detections to the slide result (count, hotspot, score).
+
+    uvicorn services.aggregator.app:create_app --factory --host 127.0.0.1 --port 8104
+
+Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers the
+public JSON result; the GeoJSON / CSV renderings of that result are one call away.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.aggregator.errors import GradingParameterError
+from services.aggregator.exports import geojson_document
+from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM
+from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
+from services.aggregator.result import result_document, summarise
+from services.common.messages import MessageError, detections_from_message, plan_from_message
+from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.web import (
+    DEFAULT_MAX_BODY_BYTES,
+    add_common_error_handlers,
+    add_error_handler,
+    observability_router,
+    read_message,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGGREGATOR_")
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
+    plan, tissue = plan_from_message(message.plan)
+    per_tile = {}
+    for detections in message.detections:
+        per_tile.update(detections_from_message(detections))
+    unknown = set(per_tile) - {t.index for t in plan.tiles}
+    if unknown:
+        raise MessageError(f"detections for tiles {sorted(unknown)[:5]} that are not in the plan")
+    class_names = tuple(message.class_names) or ("mitosis",)
+    radius_um = message.merge_radius_um or DEFAULT_MERGE_RADIUS_UM
+    field_mm = message.field_diameter_mm or DEFAULT_FIELD_DIAMETER_MM
+    merged = merge_tile_detections(plan, per_tile, class_names, radius_um)
+    summary = summarise(merged, plan.slide_width_px, plan.slide_height_px, plan.slide_mpp_um_per_px, tissue, field_mm)
+    slide = {
+        "name": message.slide_name,
+        "width_px": plan.slide_width_px,
+        "height_px": plan.slide_height_px,
+        "mpp_um_per_px": plan.slide_mpp_um_per_px,
+    }
+    provenance = {
+        "parameters": {"merge_radius_um": radius_um, "field_diameter_mm": field_mm},
+        "tiles": {"total": len(plan.tiles), "with_detections": len(per_tile)},
+    }
+    return result_document(slide, summary, merged, provenance)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="mitoscope aggregator",
+        version="1",
+        description="Merges tile detections (no double counting in overlaps), counts, finds the "
+        "10-HPF hotspot and gives the Nottingham mitotic score.",
+    )
+    router, middleware = observability_router("aggregator", ready=lambda: [])
+    app.include_router(router)
+    app.middleware("http")(middleware)
+    add_common_error_handlers(app)
+    add_error_handler(app, GradingParameterError, 422, "bad_grading_parameter")
+
+    @app.post("/v1/aggregate", summary="The slide result (JSON) from the plan and all detections", tags=["aggregator"])
+    async def aggregate_route(request: Request) -> dict[str, Any]:
+        message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
+        return await run_in_threadpool(aggregate, message)
+
+    @app.post(
+        "/v1/aggregate.geojson",
+        summary="The same result as QuPath GeoJSON",
+        tags=["aggregator"],
+        response_class=Response,
+    )
+    async def aggregate_geojson(request: Request) -> Response:
+        message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
+        document = geojson_document(await run_in_threadpool(aggregate, message))
+        return Response(json.dumps(document), media_type="application/geo+json")
+
+    return app

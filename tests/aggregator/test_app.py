@@ -1,0 +1,64 @@
+"""The aggregator service over HTTP: the same result as the in-process aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from services.aggregator.app import create_app
+from services.aggregator.merge import merge_tile_detections
+from services.aggregator.result import summarise
+from services.common.messages import PROTOBUF_CONTENT_TYPE, detections_to_message, plan_to_message
+from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.detector.postprocess import TileDetections
+from services.tiler.grid import plan_tiles
+from services.tiler.tissue import TissueMask
+
+HEADERS = {"content-type": PROTOBUF_CONTENT_TYPE}
+
+
+def _case() -> tuple[pb.AggregateRequest, dict[int, TileDetections], object, TissueMask]:
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 4:60] = True
+    tissue = TissueMask(mask, 64.0, 0.25)
+    plan = plan_tiles(4096, 4096, 0.25, tissue)
+    rng = np.random.default_rng(3)
+    per_tile: dict[int, TileDetections] = {}
+    for tile in plan.tiles:
+        n = int(rng.integers(0, 3))
+        centres = rng.uniform(30, 480, (n, 2)).astype(np.float32)
+        boxes = np.concatenate([centres - 25, centres + 25], axis=1)
+        per_tile[tile.index] = TileDetections(boxes, rng.uniform(0.3, 1.0, n).astype(np.float32), np.zeros(n, np.int64))
+    request = pb.AggregateRequest(slide_name="case.svs", plan=plan_to_message(plan, tissue), class_names=["mitosis"])
+    request.detections.append(
+        detections_to_message("case.svs", "m", plan.tiles, [per_tile[t.index] for t in plan.tiles])
+    )
+    return request, per_tile, plan, tissue
+
+
+def test_aggregate_over_http_equals_in_process() -> None:
+    request, per_tile, plan, tissue = _case()
+    with TestClient(create_app()) as client:
+        response = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        merged = merge_tile_detections(plan, per_tile, ("mitosis",))  # type: ignore[arg-type]
+        summary = summarise(merged, 4096, 4096, 0.25, tissue)
+        assert result["mitosis_count"] == summary.mitosis_count == len(merged)
+        assert result["hotspot"]["count"] == summary.hotspot.count
+        assert result["mitotic_score"] == summary.mitotic_score
+        geojson = client.post("/v1/aggregate.geojson", content=request.SerializeToString(), headers=HEADERS)
+        assert geojson.headers["content-type"] == "application/geo+json"
+        assert len(geojson.json()["features"]) == len(merged) + 1  # the hotspot annotation too
+
+
+def test_aggregate_refuses_inconsistent_input() -> None:
+    request, _, _, _ = _case()
+    request.detections[0].tiles.add(tile_index=99_999)
+    with TestClient(create_app()) as client:
+        stray = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        assert stray.status_code == 400 and "not in the plan" in stray.json()["message"]
+        request, _, _, _ = _case()
+        request.field_diameter_mm = 0.52
+        bad = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        assert bad.status_code == 422 and bad.json()["error"] == "bad_grading_parameter"
