@@ -87,6 +87,8 @@ class ModelDescription(BaseModel):
     mpp_um_per_px: float
     class_names: list[str]
     score_threshold: float
+    output_format: str
+    reinhard_target_lab: dict[str, list[float]]
     backend: str
 
 
@@ -136,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             mpp_um_per_px=info.mpp_um_per_px,
             class_names=list(info.class_names),
             score_threshold=info.score_threshold,
+            output_format=info.output_format,
+            reinhard_target_lab=info.reinhard_target_lab,
             backend=detector.description,
         )
 

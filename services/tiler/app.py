@@ -56,8 +56,11 @@ class PlanRequest(BaseModel):
 
 
 class BatchRequest(PlanRequest):
-    start: int = Field(ge=0)
-    count: int = Field(gt=0, le=MAX_TILES_PER_BATCH)
+    start: int = Field(default=0, ge=0)
+    count: int = Field(default=0, ge=0, le=MAX_TILES_PER_BATCH)
+    indices: list[int] = Field(
+        default=[], max_length=MAX_TILES_PER_BATCH, description="explicit tile indices instead of start/count"
+    )
 
 
 @dataclass
@@ -174,7 +177,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def batch(request: BatchRequest, registry: RegistryDep) -> Response:
         opened, _, planned = await run_in_threadpool(registry.plan, request)
-        tiles = planned.plan.tiles[request.start : request.start + request.count]
+        all_tiles = planned.plan.tiles
+        if request.indices:
+            if not all(0 <= i < len(all_tiles) for i in request.indices):
+                raise SlideNotFoundError(f"{request.location}: tile indices outside 0..{len(all_tiles) - 1}")
+            tiles = tuple(all_tiles[i] for i in request.indices)
+        else:
+            tiles = all_tiles[request.start : request.start + request.count]
 
         def read() -> np.ndarray:
             geometry = ReadGeometry.for_plan(opened.slide, planned.plan)

@@ -1,0 +1,64 @@
+"""A slide scored through the four services over real HTTP equals the in-process result."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from mitoscope.pipeline import ScoreOptions, score_slide
+from services.detector.backends import OnnxRuntimeBackend
+from services.detector.detector import ModelDetector
+from services.detector.model import DEFAULT_MODEL_NAME
+from services.detector.triton_server import TritonServer
+from services.gateway.orchestrate import ServiceError, ServiceUrls, score_via_services
+from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
+from tests.servers import service
+
+pytestmark = pytest.mark.integration
+
+
+def test_services_over_http_give_the_in_process_result(
+    e2e_slide: Path, triton_server: TritonServer, tmp_path: Path
+) -> None:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(e2e_slide, slides / "case.svs")
+    with ExitStack() as stack:
+        urls = ServiceUrls(
+            tiler=stack.enter_context(
+                service(
+                    "tiler", {"TILER_SLIDE_ROOT": str(slides), "TILER_CACHE_DIR": str(tmp_path / "cache")}, tmp_path
+                )
+            ),
+            preprocess=stack.enter_context(service("preprocess", {}, tmp_path)),
+            detector=stack.enter_context(
+                service(
+                    "detector",
+                    {
+                        "DETECTOR_BACKEND": "triton",
+                        "DETECTOR_TRITON_URL": triton_server.grpc_url,
+                        "DETECTOR_MODEL_REPOSITORY": str(MODEL_REPOSITORY),
+                    },
+                    tmp_path,
+                )
+            ),
+            aggregator=stack.enter_context(service("aggregator", {}, tmp_path)),
+        )
+        seen: list[tuple[int, int]] = []
+        remote = score_via_services(
+            "case.svs", urls, DEFAULT_MODEL_NAME, batch_size=16, progress=lambda done, total: seen.append((done, total))
+        )
+        with pytest.raises(ServiceError, match="HTTP 404"):
+            score_via_services("missing.svs", urls, DEFAULT_MODEL_NAME)
+    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
+    local = score_slide(slides / "case.svs", tmp_path / "local", detector, ScoreOptions(batch_size=16))
+    detector.close()
+    assert seen[-1][0] == seen[-1][1] == local["provenance"]["tiles"]["total"]
+    assert remote["mitosis_count"] == local["mitosis_count"]
+    assert remote["hotspot"]["count"] == local["hotspot"]["count"]
+    assert remote["mitotic_score"] == local["mitotic_score"]
+    for ours, theirs in zip(remote["detections"], local["detections"], strict=True):
+        assert (ours["x_px"], ours["y_px"]) == pytest.approx((theirs["x_px"], theirs["y_px"]), abs=0.5)
