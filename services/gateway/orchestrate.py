@@ -52,7 +52,7 @@ def _post_message(client: httpx.Client, url: str, message: Any, what: str) -> by
 def score_via_services(
     location: str,
     urls: ServiceUrls,
-    model: str = "",
+    model: str,
     mpp_um_per_px: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     field_diameter_mm: float = 0.0,
@@ -60,13 +60,7 @@ def score_via_services(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
     with httpx.Client(timeout=timeout_s) as client:
-        described = (
-            _check(client.get(f"{urls.detector}/v1/models/{model or 'default'}"), "detector model").json()
-            if model
-            else None
-        )
-        if described is None:
-            raise ServiceError("name the model to score with")
+        described = _check(client.get(f"{urls.detector}/v1/models/{model}"), "detector model").json()
         slide = {
             "location": location,
             "mpp_um_per_px": mpp_um_per_px,
