@@ -47,7 +47,12 @@ $(TRAIN_VENV)/.installed: pyproject.toml
 	$(TRAIN_VENV)/bin/pip install -q -e '.[train]'
 	touch $@
 
-setup: $(VENV)/.installed $(PROTO_OUT)/.generated $(TRITON_VENV)/.installed ## Create the serving and Triton virtual environments
+# Triton's Python backend wants model.py beside each model.onnx: one source, copied (not committed).
+TRITON_MODEL_PY := $(patsubst %/model.onnx,%/model.py,$(wildcard model_repository/*/[0-9]*/model.onnx))
+model_repository/%/model.py: services/detector/triton_python_model.py
+	cp $< $@
+
+setup: $(VENV)/.installed $(PROTO_OUT)/.generated $(TRITON_VENV)/.installed $(TRITON_MODEL_PY) ## Create the serving and Triton virtual environments
 
 train-venv: $(TRAIN_VENV)/.installed ## Create the training venv (torch from local wheels, ultralytics)
 

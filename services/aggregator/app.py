@@ -24,10 +24,8 @@ from services.common.messages import MessageError, detections_from_message, plan
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
-    add_common_error_handlers,
-    add_error_handler,
-    observability_router,
     read_message,
+    service_app,
 )
 
 
@@ -65,17 +63,13 @@ def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(
-        title="mitoscope aggregator",
-        version="1",
-        description="Merges tile detections (no double counting in overlaps), counts, finds the "
+    app = service_app(
+        "aggregator",
+        "Merges tile detections (no double counting in overlaps), counts, finds the "
         "10-HPF hotspot and gives the Nottingham mitotic score.",
+        ready=lambda: [],
+        errors={GradingParameterError: (422, "bad_grading_parameter")},
     )
-    router, middleware = observability_router("aggregator", ready=lambda: [])
-    app.include_router(router)
-    app.middleware("http")(middleware)
-    add_common_error_handlers(app)
-    add_error_handler(app, GradingParameterError, 422, "bad_grading_parameter")
 
     @app.post("/v1/aggregate", summary="The slide result (JSON) from the plan and all detections", tags=["aggregator"])
     async def aggregate_route(request: Request) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -72,6 +73,24 @@ def _handler(status: int, code: str) -> Callable[[Request, Exception], Awaitable
 
 def add_error_handler(app: FastAPI, error: type[Exception], status: int, code: str) -> None:
     app.add_exception_handler(error, _handler(status, code))
+
+
+def service_app(
+    name: str,
+    description: str,
+    ready: Callable[[], list[str]],
+    errors: dict[type[Exception], tuple[int, str]],
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """A service's FastAPI app with health, metrics, request metrics and its error mapping."""
+    app = FastAPI(title=f"mitoscope {name}", version="1", description=description, lifespan=lifespan)
+    router, middleware = observability_router(name, ready)
+    app.include_router(router)
+    app.middleware("http")(middleware)
+    add_common_error_handlers(app)
+    for error, (status, code) in errors.items():
+        add_error_handler(app, error, status, code)
+    return app
 
 
 def observability_router(

@@ -23,11 +23,9 @@ from services.common.messages import batch_from_message, detections_to_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
-    add_common_error_handlers,
-    add_error_handler,
     message_response,
-    observability_router,
     read_message,
+    service_app,
 )
 from services.detector.detector import Detector, open_detector
 from services.detector.errors import InferenceServerError, InferenceTimeoutError, ModelError, UnknownModelError
@@ -109,22 +107,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         detectors.close()
 
-    app = FastAPI(
-        title="mitoscope detector",
-        version="1",
-        lifespan=lifespan,
-        description="Mitosis detection on normalised tile batches (protobuf bodies from "
+    app = service_app(
+        "detector",
+        "Mitosis detection on normalised tile batches (protobuf bodies from "
         "`proto/mitoscope/v1/pipeline.proto`), on Triton or ONNX Runtime.",
+        ready=detectors.problems,
+        errors={
+            UnknownModelError: (404, "unknown_model"),
+            ModelError: (422, "bad_model_or_input"),
+            InferenceTimeoutError: (504, "inference_timeout"),
+            InferenceServerError: (503, "inference_server_unavailable"),
+        },
+        lifespan=lifespan,
     )
     app.state.detectors = detectors
-    router, middleware = observability_router("detector", ready=detectors.problems)
-    app.include_router(router)
-    app.middleware("http")(middleware)
-    add_common_error_handlers(app)
-    add_error_handler(app, UnknownModelError, 404, "unknown_model")
-    add_error_handler(app, ModelError, 422, "bad_model_or_input")
-    add_error_handler(app, InferenceTimeoutError, 504, "inference_timeout")
-    add_error_handler(app, InferenceServerError, 503, "inference_server_unavailable")
 
     @app.get("/v1/models/{model}", summary="What a model expects and reports", tags=["detector"])
     def describe(model: str, detectors: DetectorsDep) -> ModelDescription:

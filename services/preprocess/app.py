@@ -15,11 +15,9 @@ from services.common.messages import batch_from_message, batch_to_message, stats
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
-    add_common_error_handlers,
-    add_error_handler,
     message_response,
-    observability_router,
     read_message,
+    service_app,
 )
 from services.preprocess.errors import NormalisationError
 from services.preprocess.reinhard import ReinhardNormaliser, stats_from_images
@@ -40,18 +38,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
-        title="mitoscope preprocess",
-        version="1",
-        description="Reinhard colour normalisation with slide-level source statistics. Bodies are "
+    app = service_app(
+        "preprocess",
+        "Reinhard colour normalisation with slide-level source statistics. Bodies are "
         "`application/x-protobuf` messages from `proto/mitoscope/v1/pipeline.proto`.",
+        ready=lambda: [],
+        errors={NormalisationError: (422, "cannot_normalise")},
     )
     app.state.settings = settings or Settings()
-    router, middleware = observability_router("preprocess", ready=lambda: [])
-    app.include_router(router)
-    app.middleware("http")(middleware)
-    add_common_error_handlers(app)
-    add_error_handler(app, NormalisationError, 422, "cannot_normalise")
 
     @app.post(
         "/v1/stats",

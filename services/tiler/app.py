@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.messages import batch_to_message, plan_to_message
-from services.common.web import add_common_error_handlers, add_error_handler, message_response, observability_router
+from services.common.web import message_response, service_app
 from services.tiler.errors import SlideError, SlideNotFoundError, StorageUnavailableError
 from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from services.tiler.planning import SlidePlan, plan_slide
@@ -143,21 +143,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         root = settings.slide_root
         return [] if root.is_dir() else [f"slide root {root} does not exist"]
 
-    app = FastAPI(
-        title="mitoscope tiler",
-        version="1",
-        lifespan=lifespan,
-        description="Slides (OpenSlide, tiffslide) to tissue tile plans and tile batches "
+    app = service_app(
+        "tiler",
+        "Slides (OpenSlide, tiffslide) to tissue tile plans and tile batches "
         "(`application/x-protobuf` TileBatch), plus DeepZoom tiles for viewers.",
+        ready=problems,
+        errors={
+            SlideNotFoundError: (404, "slide_not_found"),
+            SlideError: (422, "bad_slide"),
+            StorageUnavailableError: (503, "storage_unavailable"),
+        },
+        lifespan=lifespan,
     )
     app.state.registry = registry
-    router, middleware = observability_router("tiler", ready=problems)
-    app.include_router(router)
-    app.middleware("http")(middleware)
-    add_common_error_handlers(app)
-    add_error_handler(app, SlideNotFoundError, 404, "slide_not_found")
-    add_error_handler(app, SlideError, 422, "bad_slide")
-    add_error_handler(app, StorageUnavailableError, 503, "storage_unavailable")
 
     @app.post(
         "/v1/plan",
