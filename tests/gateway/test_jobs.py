@@ -1,0 +1,105 @@
+"""The job store on SQLite and, when TEST_DATABASE_URL is set, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from services.gateway.jobs import (
+    CANCELLED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    JobStore,
+    LeaseLostError,
+    UnknownJobError,
+    make_engine,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+        yield JobStore(engine)
+        engine.dispose()
+        return
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    if not server_url:
+        pytest.skip("TEST_DATABASE_URL not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    name = f"mitoscope_test_{uuid.uuid4().hex[:12]}"  # the server outlives the run: a database of our own
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = make_engine(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield JobStore(engine)
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_create_is_idempotent_by_key(store: JobStore) -> None:
+    first, created = store.create("case.svs", "yolov5n_mitosis", {"batch_size": 16}, idempotency_key="k1")
+    again, created_again = store.create("case.svs", "yolov5n_mitosis", {"batch_size": 16}, idempotency_key="k1")
+    assert created and not created_again and again.id == first.id
+    other, _ = store.create("case.svs", "yolov5n_mitosis", {})
+    assert other.id != first.id and other.state == QUEUED
+    with pytest.raises(UnknownJobError):
+        store.get("no-such-job")
+
+
+def test_a_lease_is_exclusive_until_it_expires(store: JobStore) -> None:
+    job, _ = store.create("case.svs", "m", {})
+    claimed = store.claim("worker-a", lease_s=0.5)
+    assert claimed is not None and claimed.id == job.id and claimed.state == RUNNING
+    assert store.claim("worker-b", lease_s=0.5) is None
+    store.checkpoint(job.id, "worker-a", 0, b"batch-0", tiles_done=16, tiles_total=48, lease_s=0.5)
+    time.sleep(0.8)  # worker-a dies: its lease runs out
+    resumed = store.claim("worker-b", lease_s=30)
+    assert resumed is not None and resumed.id == job.id and resumed.attempts == 2 and resumed.tiles_done == 16
+    with pytest.raises(LeaseLostError):
+        store.checkpoint(job.id, "worker-a", 1, b"late", tiles_done=32, tiles_total=48)
+    store.checkpoint(job.id, "worker-b", 0, b"batch-0 again", tiles_done=16, tiles_total=48)  # kept once
+    store.checkpoint(job.id, "worker-b", 1, b"batch-1", tiles_done=32, tiles_total=48)
+    assert store.checkpoints(job.id) == {0: b"batch-0", 1: b"batch-1"}
+    store.finish(job.id, "worker-b", {"mitosis_count": 3})
+    done = store.get(job.id)
+    assert done.state == SUCCEEDED and done.result == {"mitosis_count": 3} and done.lease_owner is None
+
+
+def test_concurrent_workers_claim_each_job_once(store: JobStore) -> None:
+    ids = {store.create(f"case-{i}.svs", "m", {})[0].id for i in range(12)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def work(worker: str) -> None:
+        while (job := store.claim(worker, lease_s=60)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(claimed) == sorted(ids)
+
+
+def test_cancel_stops_a_running_job(store: JobStore) -> None:
+    job, _ = store.create("case.svs", "m", {})
+    store.claim("w", lease_s=60)
+    assert store.cancel(job.id).state == CANCELLED
+    with pytest.raises(LeaseLostError):
+        store.checkpoint(job.id, "w", 0, b"x", 1, 2)
+    assert store.cancel(job.id).state == CANCELLED  # cancelling twice is harmless
