@@ -49,6 +49,86 @@ def _post_message(client: httpx.Client, url: str, message: Any, what: str) -> by
     return _check(response, what).content
 
 
+class SlideSession:
+    """One slide's scoring through the services, step by step (so a job can checkpoint batches)."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        urls: ServiceUrls,
+        location: str,
+        model: str,
+        mpp_um_per_px: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        field_diameter_mm: float = 0.0,
+    ) -> None:
+        self.client, self.urls, self.model, self.batch_size = client, urls, model, batch_size
+        described = _check(client.get(f"{urls.detector}/v1/models/{model}"), "detector model").json()
+        self.slide = {
+            "location": location,
+            "mpp_um_per_px": mpp_um_per_px,
+            "model_mpp_um_per_px": described["mpp_um_per_px"],
+            "tile_px": described["input_size_px"],
+        }
+        self.plan = pb.Plan.FromString(
+            _check(client.post(f"{urls.tiler}/v1/plan", json=self.slide), "tiler plan").content
+        )
+        self.total_tiles = len(self.plan.tiles)
+        self.batch_count = (self.total_tiles + batch_size - 1) // batch_size
+        step = max(1, self.total_tiles // STATS_SAMPLE_TILES)
+        sample = list(range(self.total_tiles))[::step][:STATS_SAMPLE_TILES]
+        sample_batch = _check(
+            client.post(f"{urls.tiler}/v1/batch", json={**self.slide, "indices": sample}), "tiler sample"
+        ).content
+        self.source = pb.LabStats.FromString(
+            _post_message(client, f"{urls.preprocess}/v1/stats", pb.TileBatch.FromString(sample_batch), "stats")
+        )
+        self.target = stats_to_message(LabStats.from_dict(described["reinhard_target_lab"]))
+        self.aggregate_request = pb.AggregateRequest(
+            slide_name=location.rsplit("/", 1)[-1],
+            plan=self.plan,
+            class_names=described["class_names"],
+            field_diameter_mm=field_diameter_mm,
+        )
+
+    def tiles_through(self, batch_index: int) -> int:
+        return min((batch_index + 1) * self.batch_size, self.total_tiles)
+
+    def detect_batch(self, batch_index: int) -> pb.Detections:
+        start = batch_index * self.batch_size
+        raw = _check(
+            self.client.post(
+                f"{self.urls.tiler}/v1/batch", json={**self.slide, "start": start, "count": self.batch_size}
+            ),
+            "tiler batch",
+        ).content
+        normalised = _post_message(
+            self.client,
+            f"{self.urls.preprocess}/v1/normalise",
+            pb.NormaliseRequest(batch=pb.TileBatch.FromString(raw), source=self.source, target=self.target),
+            "normalise",
+        )
+        detections = _post_message(
+            self.client,
+            f"{self.urls.detector}/v1/detect",
+            pb.DetectRequest(batch=pb.TileBatch.FromString(normalised), model=self.model),
+            "detect",
+        )
+        return pb.Detections.FromString(detections)
+
+    def aggregate(self, detections: list[pb.Detections]) -> dict[str, Any]:
+        request = pb.AggregateRequest()
+        request.CopyFrom(self.aggregate_request)
+        request.detections.extend(detections)
+        response = self.client.post(
+            f"{self.urls.aggregator}/v1/aggregate",
+            content=request.SerializeToString(),
+            headers={"content-type": PROTOBUF_CONTENT_TYPE},
+        )
+        result: dict[str, Any] = _check(response, "aggregate").json()
+        return result
+
+
 def score_via_services(
     location: str,
     urls: ServiceUrls,
@@ -60,58 +140,12 @@ def score_via_services(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
     with httpx.Client(timeout=timeout_s) as client:
-        described = _check(client.get(f"{urls.detector}/v1/models/{model}"), "detector model").json()
-        slide = {
-            "location": location,
-            "mpp_um_per_px": mpp_um_per_px,
-            "model_mpp_um_per_px": described["mpp_um_per_px"],
-            "tile_px": described["input_size_px"],
-        }
-        plan = pb.Plan.FromString(_check(client.post(f"{urls.tiler}/v1/plan", json=slide), "tiler plan").content)
-        total = len(plan.tiles)
-        step = max(1, total // STATS_SAMPLE_TILES)
-        sample = list(range(total))[::step][:STATS_SAMPLE_TILES]
-        sample_batch = _check(
-            client.post(f"{urls.tiler}/v1/batch", json={**slide, "indices": sample}), "tiler sample"
-        ).content
-        source = pb.LabStats.FromString(
-            _post_message(client, f"{urls.preprocess}/v1/stats", pb.TileBatch.FromString(sample_batch), "stats")
-        )
-        target = stats_to_message(LabStats.from_dict(described["reinhard_target_lab"]))
-        request = pb.AggregateRequest(
-            slide_name=location.rsplit("/", 1)[-1],
-            plan=plan,
-            class_names=described["class_names"],
-            field_diameter_mm=field_diameter_mm,
-        )
+        session = SlideSession(client, urls, location, model, mpp_um_per_px, batch_size, field_diameter_mm)
         if progress:
-            progress(0, total)
-        for start in range(0, total, batch_size):
-            raw = _check(
-                client.post(f"{urls.tiler}/v1/batch", json={**slide, "start": start, "count": batch_size}),
-                "tiler batch",
-            ).content
-            normalised = _post_message(
-                client,
-                f"{urls.preprocess}/v1/normalise",
-                pb.NormaliseRequest(batch=pb.TileBatch.FromString(raw), source=source, target=target),
-                "normalise",
-            )
-            detections = _post_message(
-                client,
-                f"{urls.detector}/v1/detect",
-                pb.DetectRequest(batch=pb.TileBatch.FromString(normalised), model=model),
-                "detect",
-            )
-            request.detections.append(pb.Detections.FromString(detections))
+            progress(0, session.total_tiles)
+        detections = []
+        for batch_index in range(session.batch_count):
+            detections.append(session.detect_batch(batch_index))
             if progress:
-                progress(min(start + batch_size, total), total)
-        result: dict[str, Any] = _check(
-            client.post(
-                f"{urls.aggregator}/v1/aggregate",
-                content=request.SerializeToString(),
-                headers={"content-type": PROTOBUF_CONTENT_TYPE},
-            ),
-            "aggregate",
-        ).json()
-        return result
+                progress(session.tiles_through(batch_index), session.total_tiles)
+        return session.aggregate(detections)
