@@ -87,26 +87,31 @@ def write_geojson(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(geojson_document(result)))
 
 
-def write_csv(result: dict[str, Any], path: Path) -> None:
+def detection_rows(result: dict[str, Any]) -> list[list[Any]]:
+    """The CSV rows (under CSV_COLUMNS) of a result: one per mitosis."""
     mpp = result["slide"]["mpp_um_per_px"]
+    return [
+        [
+            det["id"],
+            det["x_px"],
+            det["y_px"],
+            round(det["x_px"] * mpp, 2),
+            round(det["y_px"] * mpp, 2),
+            *det["box_px"],
+            det["score"],
+            det["class"],
+            det["tile_index"],
+            int(_in_hotspot(det, result["hotspot"])),
+        ]
+        for det in result["detections"]
+    ]
+
+
+def write_csv(result: dict[str, Any], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        for det in result["detections"]:
-            writer.writerow(
-                [
-                    det["id"],
-                    det["x_px"],
-                    det["y_px"],
-                    round(det["x_px"] * mpp, 2),
-                    round(det["y_px"] * mpp, 2),
-                    *det["box_px"],
-                    det["score"],
-                    det["class"],
-                    det["tile_index"],
-                    int(_in_hotspot(det, result["hotspot"])),
-                ]
-            )
+        writer.writerows(detection_rows(result))
 
 
 def render_overview(result: dict[str, Any], thumbnail: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

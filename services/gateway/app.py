@@ -1,0 +1,356 @@
+"""gateway: the public, versioned REST API (JSON) that hospital systems call.
+
+    GATEWAY_TILER_URL=... uvicorn services.gateway.app:create_app --factory --host 127.0.0.1 --port 8100
+
+Slides are uploaded (streamed into the slide root, size-limited, SHA-256 recorded) or registered
+by location (`s3://...` or a path under the slide root). Jobs are durable rows in the job store;
+the gateway runs `worker_threads` workers itself (0 when separate worker processes do the work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
+
+from services.aggregator.exports import CSV_COLUMNS, detection_rows, geojson_document
+from services.common.web import service_app
+from services.gateway.jobs import FINAL_STATES, SUCCEEDED, Job, JobStore, UnknownJobError, make_engine
+from services.gateway.orchestrate import ServiceUrls
+from services.gateway.worker import run_worker
+
+MAX_UPLOAD_BYTES = 20 * 1024**3
+UPLOAD_CHUNK_BYTES = 8 * 1024**2
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".dcm", ".vms", ".vmu", ".bif", ".zip")
+EVENT_POLL_S = 0.5
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+
+    database_url: str = "sqlite:///mitoscope-gateway.db"
+    slide_root: Path = Path("slides")
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    tiler_url: str = "http://127.0.0.1:8101"
+    preprocess_url: str = "http://127.0.0.1:8102"
+    detector_url: str = "http://127.0.0.1:8103"
+    aggregator_url: str = "http://127.0.0.1:8104"
+    default_model: str = "yolov5n_mitosis"
+    worker_threads: int = 1
+
+
+class BadRequestError(ValueError):
+    """The request cannot be served as sent (HTTP 400)."""
+
+
+class UploadTooLargeError(ValueError):
+    """An upload exceeds the size limit (HTTP 413)."""
+
+
+class UnknownSlideError(LookupError):
+    """No slide with that id (HTTP 404)."""
+
+
+class ResultNotReadyError(RuntimeError):
+    """The job has no result (yet, or because it failed): HTTP 409."""
+
+
+slides_metadata = MetaData()
+slides_table = Table(
+    "slides",
+    slides_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("location", Text, nullable=False),
+    Column("sha256", String(64), nullable=True),
+    Column("size_bytes", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class SlideOut(BaseModel):
+    id: str
+    name: str
+    location: str
+    sha256: str | None
+    size_bytes: int | None
+
+
+class RegisterSlide(BaseModel):
+    location: str = Field(description="s3://bucket/key, or a path under the gateway's slide root")
+    name: str | None = None
+
+
+class JobOptions(BaseModel):
+    mpp_um_per_px: float | None = Field(default=None, gt=0, le=4, description="only for slides without MPP")
+    batch_size: int = Field(default=150, ge=1, le=300)
+    field_diameter_mm: float = Field(default=0.55, gt=0)
+
+
+class CreateJob(BaseModel):
+    slide_id: str
+    model: str | None = None
+    options: JobOptions = JobOptions()
+
+
+class JobOut(BaseModel):
+    id: str
+    slide_location: str
+    model: str
+    state: str
+    tiles_done: int
+    tiles_total: int
+    progress: float
+    attempts: int
+    error: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        progress = job.tiles_done / job.tiles_total if job.tiles_total else 0.0
+        return cls(
+            id=job.id,
+            slide_location=job.slide_location,
+            model=job.model,
+            state=job.state,
+            tiles_done=job.tiles_done,
+            tiles_total=job.tiles_total,
+            progress=round(progress, 4),
+            attempts=job.attempts,
+            error=job.error,
+        )
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.jobs = JobStore(self.engine)
+        slides_metadata.create_all(self.engine)
+        self.urls = ServiceUrls(
+            settings.tiler_url, settings.preprocess_url, settings.detector_url, settings.aggregator_url
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start_workers(self) -> None:
+        for i in range(self.settings.worker_threads):
+            thread = threading.Thread(target=self._work, args=(f"gateway-{uuid.uuid4().hex[:8]}-{i}",), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self, name: str) -> None:
+        while not self._stop.is_set():
+            run_worker(self.jobs, name, self.urls, stop_when_idle=True)
+            self._stop.wait(EVENT_POLL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.engine.dispose()
+
+    def add_slide(self, name: str, location: str, sha256: str | None, size_bytes: int | None) -> SlideOut:
+        from datetime import UTC, datetime
+
+        slide_id = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(slides_table).values(
+                    id=slide_id,
+                    name=name,
+                    location=location,
+                    sha256=sha256,
+                    size_bytes=size_bytes,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        return self.slide(slide_id)
+
+    def slide(self, slide_id: str) -> SlideOut:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(slides_table).where(slides_table.c.id == slide_id)).one_or_none()
+        if row is None:
+            raise UnknownSlideError(f"no slide {slide_id!r}; register or upload it with POST /v1/slides")
+        return SlideOut(id=row.id, name=row.name, location=row.location, sha256=row.sha256, size_bytes=row.size_bytes)
+
+    def slides(self) -> list[SlideOut]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(slides_table).order_by(slides_table.c.created_at.desc())).all()
+        return [
+            SlideOut(id=r.id, name=r.name, location=r.location, sha256=r.sha256, size_bytes=r.size_bytes) for r in rows
+        ]
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs.get(job_id)
+        if job.state != SUCCEEDED or job.result is None:
+            reason = f"it failed: {job.error}" if job.error else f"it is {job.state}"
+            raise ResultNotReadyError(f"job {job_id} has no result: {reason}")
+        return job.result
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway.start_workers()
+        yield
+        gateway.stop()
+
+    app = service_app(
+        "gateway",
+        "The public mitoscope API: register or upload slides, start scoring jobs, follow their progress, "
+        "fetch results as JSON, QuPath GeoJSON or CSV.",
+        ready=lambda: [] if settings.slide_root.is_dir() else [f"slide root {settings.slide_root} is missing"],
+        errors={
+            BadRequestError: (400, "bad_request"),
+            UploadTooLargeError: (413, "upload_too_large"),
+            UnknownSlideError: (404, "unknown_slide"),
+            UnknownJobError: (404, "unknown_job"),
+            ResultNotReadyError: (409, "result_not_ready"),
+        },
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+
+    @app.post("/v1/slides", status_code=201, summary="Register a slide by location (JSON)", tags=["slides"])
+    def register(body: RegisterSlide, gateway: GatewayDep) -> SlideOut:
+        if not body.location.startswith("s3://"):
+            root = settings.slide_root.resolve()
+            path = (root / body.location).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                raise BadRequestError(f"{body.location}: not a file under the slide root; upload it instead")
+        return gateway.add_slide(body.name or body.location.rsplit("/", 1)[-1], body.location, None, None)
+
+    @app.put("/v1/slides/{name}", status_code=201, summary="Upload a slide (raw body, streamed)", tags=["slides"])
+    async def upload(name: str, request: Request, gateway: GatewayDep) -> SlideOut:
+        if Path(name).name != name or not name.lower().endswith(SLIDE_SUFFIXES):
+            raise BadRequestError(f"{name!r}: give a plain file name ending in one of {', '.join(SLIDE_SUFFIXES)}")
+        declared = request.headers.get("content-length")
+        if declared is not None and int(declared) > settings.max_upload_bytes:
+            raise UploadTooLargeError(f"{name}: {declared} bytes exceed the limit of {settings.max_upload_bytes}")
+        folder = settings.slide_root / "uploads" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        partial = folder / f"{name}.partial"
+        digest, size = hashlib.sha256(), 0
+        with partial.open("wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    f.close()
+                    partial.unlink()
+                    folder.rmdir()
+                    raise UploadTooLargeError(f"{name}: more than {settings.max_upload_bytes} bytes")
+                digest.update(chunk)
+                f.write(chunk)
+        if size == 0:
+            partial.unlink()
+            folder.rmdir()
+            raise BadRequestError(f"{name}: empty upload")
+        expected = request.headers.get("x-content-sha256")
+        if expected and expected.lower() != digest.hexdigest():
+            partial.unlink()
+            folder.rmdir()
+            raise BadRequestError(f"{name}: checksum mismatch (sent {expected}, received {digest.hexdigest()})")
+        partial.rename(folder / name)
+        location = str((folder / name).relative_to(settings.slide_root))
+        return gateway.add_slide(name, location, digest.hexdigest(), size)
+
+    @app.get("/v1/slides", summary="Slides, newest first", tags=["slides"])
+    def list_slides(gateway: GatewayDep) -> list[SlideOut]:
+        return gateway.slides()
+
+    @app.get("/v1/slides/{slide_id}", summary="One slide", tags=["slides"])
+    def get_slide(slide_id: str, gateway: GatewayDep) -> SlideOut:
+        return gateway.slide(slide_id)
+
+    @app.post("/v1/jobs", status_code=202, summary="Start scoring a slide", tags=["jobs"])
+    def create_job(
+        body: CreateJob,
+        gateway: GatewayDep,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JobOut:
+        slide = gateway.slide(body.slide_id)
+        options = body.options.model_dump()
+        job, created = gateway.jobs.create(
+            slide.location, body.model or settings.default_model, options, idempotency_key
+        )
+        if not created:
+            response.status_code = 200
+        return JobOut.of(job)
+
+    @app.get("/v1/jobs/{job_id}", summary="State and progress of a job", tags=["jobs"])
+    def get_job(job_id: str, gateway: GatewayDep) -> JobOut:
+        return JobOut.of(gateway.jobs.get(job_id))
+
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job", tags=["jobs"])
+    def cancel_job(job_id: str, gateway: GatewayDep) -> JobOut:
+        return JobOut.of(gateway.jobs.cancel(job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        summary="Progress as server-sent events until the job ends",
+        tags=["jobs"],
+        response_class=StreamingResponse,
+    )
+    async def events(job_id: str, gateway: GatewayDep) -> StreamingResponse:
+        gateway.jobs.get(job_id)  # 404 before the stream starts
+
+        async def stream() -> AsyncIterator[str]:
+            last = None
+            while True:
+                job = JobOut.of(await asyncio.to_thread(gateway.jobs.get, job_id))
+                if job != last:
+                    yield f"event: progress\ndata: {job.model_dump_json()}\n\n"
+                    last = job
+                if job.state in FINAL_STATES:
+                    yield f"event: end\ndata: {job.model_dump_json()}\n\n"
+                    return
+                await asyncio.sleep(EVENT_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/v1/jobs/{job_id}/result", summary="The result (JSON)", tags=["results"])
+    def result(job_id: str, gateway: GatewayDep) -> dict[str, Any]:
+        return gateway.result(job_id)
+
+    @app.get(
+        "/v1/jobs/{job_id}/result.geojson", summary="The result for QuPath", tags=["results"], response_class=Response
+    )
+    def result_geojson(job_id: str, gateway: GatewayDep) -> Response:
+        return Response(json.dumps(geojson_document(gateway.result(job_id))), media_type="application/geo+json")
+
+    @app.get("/v1/jobs/{job_id}/result.csv", summary="One row per mitosis", tags=["results"], response_class=Response)
+    def result_csv(job_id: str, gateway: GatewayDep) -> Response:
+        result = gateway.result(job_id)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(detection_rows(result))
+        return Response(out.getvalue(), media_type="text/csv")
+
+    return app
