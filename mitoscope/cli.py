@@ -290,6 +290,48 @@ def demo(
 
 
 @app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Folder the scanner writes slides into.")],
+    model: Annotated[str, typer.Option(help="Model name, 'ensemble', or an .onnx file.")] = "yolov5n_mitosis",
+    backend: Annotated[BackendChoice, typer.Option(help="In-process ONNX Runtime or a Triton server.")] = (
+        BackendChoice.onnxruntime
+    ),
+    triton_url: Annotated[str, typer.Option(help="Triton gRPC address (host:port).")] = DEFAULT_TRITON_URL,
+    poll_s: Annotated[float, typer.Option(min=0.1, help="Seconds between looks at the folder.")] = 2.0,
+    settle_s: Annotated[
+        float, typer.Option(min=0.0, help="Seconds a file must stay unchanged to count as written.")
+    ] = 5.0,
+    once: Annotated[bool, typer.Option(help="Score what is there now and exit.")] = False,
+) -> None:
+    """Score every new slide that lands in FOLDER; results go next to each slide (<slide>.mitoscope/)."""
+    import time
+
+    from mitoscope.watch import FolderWatcher
+    from services.detector.detector import open_detector
+    from services.detector.errors import DetectorError
+
+    if not folder.is_dir():
+        raise _fail(f"{folder}: no such folder", EXIT_BAD_INPUT)
+    try:
+        detector = open_detector(model, backend.value, _model_repository(), triton_url)
+    except DetectorError as e:
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    watcher = FolderWatcher(folder, detector, settle_s=0.0 if once else settle_s)
+    console.print(f"watching {folder} (Ctrl-C to stop)" if not once else f"scoring the slides in {folder}")
+    try:
+        while True:
+            for path in watcher.poll():
+                error = path.with_name(path.name + ".mitoscope.error.txt")
+                console.print(f"{path.name}: " + (f"[red]failed[/], see {error.name}" if error.exists() else "scored"))
+            if once:
+                watcher.poll()  # a second look settles files seen for the first time
+                break
+            time.sleep(poll_s)
+    finally:
+        detector.close()
+
+
+@app.command()
 def evaluate(
     test: Annotated[Path, typer.Argument(help="COCO JSON of the test split (e.g. from the dataset converter).")],
     images: Annotated[Path, typer.Option(help="Folder the COCO file_name entries are relative to.")],
