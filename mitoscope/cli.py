@@ -318,15 +318,16 @@ def watch(
         raise _fail(str(e), EXIT_BAD_INPUT) from None
     watcher = FolderWatcher(folder, detector, settle_s=0.0 if once else settle_s)
     console.print(f"watching {folder} (Ctrl-C to stop)" if not once else f"scoring the slides in {folder}")
+    looks = 0
     try:
         while True:
             for path in watcher.poll():
                 error = path.with_name(path.name + ".mitoscope.error.txt")
                 console.print(f"{path.name}: " + (f"[red]failed[/], see {error.name}" if error.exists() else "scored"))
-            if once:
-                watcher.poll()  # a second look settles files seen for the first time
+            looks += 1
+            if once and looks == 2:  # the first look only notes each file's size; the second scores
                 break
-            time.sleep(poll_s)
+            time.sleep(0 if once else poll_s)
     finally:
         detector.close()
 
