@@ -1,0 +1,49 @@
+"""The Kubernetes manifests parse and hang together (no cluster here: structure only)."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+K8S = REPO_ROOT / "deploy" / "k8s"
+
+
+def _documents() -> list[dict]:  # type: ignore[type-arg]
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_every_service_deployment_has_probes_resources_a_service_and_an_autoscaler() -> None:
+    docs = _documents()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    autoscaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert {"tiler", "preprocess", "detector", "aggregator", "gateway", "worker", "triton"} <= set(deployments)
+    assert set(deployments) <= autoscaled
+    for name, deployment in deployments.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"] and container["resources"]["limits"], name
+        if name == "worker":
+            continue
+        assert name in services
+        if name != "triton":
+            assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready", name
+            assert container["livenessProbe"]["httpGet"]["path"] == "/health/live", name
+            module = container["command"][1].split(":")[0]
+            assert (REPO_ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_triton_runs_the_gpu_configs_on_a_gpu() -> None:
+    triton = next(d for d in _documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton")
+    container = triton["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--model-config-name=gpu" in container["command"]
+    assert (REPO_ROOT / "model_repository" / "yolov5n_mitosis" / "configs" / "gpu.pbtxt").is_file()
