@@ -12,7 +12,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto train-venv demo test check format models bench clean
+.PHONY: help setup proto train-venv up down demo test check format models bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ model_repository/%/model.py: services/detector/triton_python_model.py
 setup: $(VENV)/.installed $(PROTO_OUT)/.generated $(TRITON_VENV)/.installed $(TRITON_MODEL_PY) ## Create the serving and Triton virtual environments
 
 train-venv: $(TRAIN_VENV)/.installed ## Create the training venv (torch from local wheels, ultralytics)
+
+up: setup ## Start the local stack (Triton, services, gateway) on 127.0.0.1
+	$(PY) -m mitoscope.cli up
+
+down: $(VENV)/.installed ## Stop the local stack
+	$(PY) -m mitoscope.cli down
 
 demo: setup ## Synthesise a slide, score it through a local Triton server, print the summary
 	$(PY) -m mitoscope.cli demo --out $(DEMO_OUT) --shared $(SHARED)

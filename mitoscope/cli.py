@@ -290,6 +290,38 @@ def demo(
 
 
 @app.command()
+def up(
+    slides: Annotated[Path, typer.Option(help="Slide root shared by the tiler and the gateway.")] = Path("slides"),
+) -> None:
+    """Start the local stack on 127.0.0.1: Triton, tiler, preprocess, detector, aggregator, gateway."""
+    from mitoscope.pipeline import REPO_ROOT
+    from mitoscope.stack import Stack
+    from services.detector.triton_server import TritonServerError
+
+    stack = Stack(REPO_ROOT, slides.resolve(), REPO_ROOT / ".cache" / "stack")
+    if (stack.state_dir / "stack.json").exists():
+        raise _fail("the stack is already up (`mitoscope down` stops it)", EXIT_BAD_INPUT)
+    try:
+        with console.status("starting Triton and the services"):
+            urls = stack.up()
+    except (TritonServerError, RuntimeError, TimeoutError) as e:
+        raise _fail(str(e), EXIT_UNAVAILABLE) from None
+    for name, url in urls.items():
+        print(f"{name:12} {url}")
+    print(f"public API: {urls['gateway']}/docs; logs in {stack.state_dir}; stop with `mitoscope down`")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack that `mitoscope up` started."""
+    from mitoscope.pipeline import REPO_ROOT
+    from mitoscope.stack import Stack
+
+    stopped = Stack(REPO_ROOT, Path("slides"), REPO_ROOT / ".cache" / "stack").down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
 def watch(
     folder: Annotated[Path, typer.Argument(help="Folder the scanner writes slides into.")],
     model: Annotated[str, typer.Option(help="Model name, 'ensemble', or an .onnx file.")] = "yolov5n_mitosis",

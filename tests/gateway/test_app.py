@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mitoscope.pipeline import ScoreOptions, score_slide
+from mitoscope.stack import service
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.gateway.app import Settings, create_app
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
-from tests.servers import service
 
 pytestmark = pytest.mark.integration
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, score_slide
+from mitoscope.stack import service
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer
 from services.gateway.orchestrate import ServiceError, ServiceUrls, score_via_services
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
-from tests.servers import service
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, score_slide
+from mitoscope.stack import service
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.gateway.jobs import SUCCEEDED, JobStore
 from services.gateway.orchestrate import ServiceUrls
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT
-from tests.servers import service
 
 pytestmark = pytest.mark.integration
 LEASE_S = 3.0

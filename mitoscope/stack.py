@@ -1,0 +1,160 @@
+"""The whole local stack on 127.0.0.1: Triton, the four services and the gateway, supervised.
+
+`mitoscope up` starts it and writes `.cache/stack/stack.json` (pids and URLs); `mitoscope down`
+stops what that file names. Every process binds loopback on a free port; logs go to
+`.cache/stack/*.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.detector.triton_server import TritonServer, free_port
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+SERVICES = ("tiler", "preprocess", "detector", "aggregator", "gateway")
+
+
+def start_service(
+    name: str, env: dict[str, str], log_dir: Path, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run `services.<name>.app:create_app` under uvicorn on 127.0.0.1; returns it once live."""
+    port = port or free_port()
+    log = (log_dir / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"services.{name}.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; see {log_dir / f'{name}.log'}")
+        try:
+            if httpx.get(f"{url}/health/live", timeout=1.0).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise TimeoutError(f"{name} did not start within {START_TIMEOUT_S} s; see {log_dir / f'{name}.log'}")
+        time.sleep(0.2)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
+
+
+@contextmanager
+def service(name: str, env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """A service for the duration of a `with` block; yields its base URL."""
+    process, url = start_service(name, env, log_dir)
+    try:
+        yield url
+    finally:
+        stop_process(process)
+
+
+@dataclass
+class Stack:
+    repo_root: Path
+    slide_root: Path
+    state_dir: Path
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def up(self) -> dict[str, str]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.slide_root.mkdir(parents=True, exist_ok=True)
+        triton = TritonServer(
+            self.repo_root / "model_repository",
+            self.repo_root / ".venv-triton",
+            self.repo_root / ".cache" / "triton",
+            log_path=self.state_dir / "triton.log",
+        )
+        triton.start()
+        pids = {"triton": triton.pid or 0}
+        env = {
+            "TILER_SLIDE_ROOT": str(self.slide_root),
+            "TILER_CACHE_DIR": str(self.state_dir / "cache"),
+            "DETECTOR_BACKEND": "triton",
+            "DETECTOR_TRITON_URL": triton.grpc_url,
+            "DETECTOR_MODEL_REPOSITORY": str(self.repo_root / "model_repository"),
+            "GATEWAY_SLIDE_ROOT": str(self.slide_root),
+            "GATEWAY_DATABASE_URL": f"sqlite:///{self.state_dir / 'gateway.db'}",
+        }
+        self.urls = {"triton_grpc": triton.grpc_url}
+        try:
+            for name in SERVICES:
+                if name == "gateway":
+                    env.update({f"GATEWAY_{n.upper()}_URL": self.urls[n] for n in SERVICES if n != "gateway"})
+                process, url = start_service(name, env, self.state_dir)
+                pids[name] = process.pid
+                self.urls[name] = url
+        except BaseException:
+            self.down(pids)
+            raise
+        (self.state_dir / "stack.json").write_text(json.dumps({"pids": pids, "urls": self.urls}, indent=1))
+        return self.urls
+
+    def down(self, pids: dict[str, int] | None = None) -> list[str]:
+        state = self.state_dir / "stack.json"
+        if pids is None:
+            if not state.exists():
+                return []
+            pids = json.loads(state.read_text())["pids"]
+        stopped = []
+        for name, pid in pids.items():
+            try:
+                os.killpg(pid, signal.SIGTERM)
+                stopped.append(name)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for pid in pids.values():
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        state.unlink(missing_ok=True)
+        return stopped
