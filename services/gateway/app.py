@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote_plus
 
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import StreamingResponse
@@ -333,6 +334,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.sleep(EVENT_POLL_S)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/v1/events/s3", summary="S3 / MinIO bucket notifications: score each new slide once", tags=["batch"])
+    def s3_events(event: dict[str, Any], gateway: GatewayDep) -> list[JobOut]:
+        records = event.get("Records")
+        if not isinstance(records, list):
+            raise BadRequestError("expected an S3 event notification with a Records list")
+        jobs = []
+        for i, record in enumerate(records):
+            try:
+                name = record["eventName"]
+                bucket = record["s3"]["bucket"]["name"]
+                key = unquote_plus(record["s3"]["object"]["key"])
+                etag = record["s3"]["object"].get("eTag", "")
+            except (KeyError, TypeError) as e:
+                raise BadRequestError(f"Records[{i}]: missing {e}") from e
+            if not name.startswith(("s3:ObjectCreated", "ObjectCreated")) or not key.lower().endswith(SLIDE_SUFFIXES):
+                continue
+            location = f"s3://{bucket}/{key}"
+            # The same object content (same ETag) is one job, however often S3 tells us about it.
+            existing = gateway.jobs.find_by_key(f"s3:{location}@{etag}")
+            if existing is not None:
+                jobs.append(JobOut.of(existing))
+                continue
+            slide = gateway.add_slide(key.rsplit("/", 1)[-1], location, None, record["s3"]["object"].get("size"))
+            job, _ = gateway.jobs.create(
+                slide.location, settings.default_model, JobOptions().model_dump(), f"s3:{location}@{etag}"
+            )
+            jobs.append(JobOut.of(job))
+        return jobs
 
     @app.get("/v1/jobs/{job_id}/result", summary="The result (JSON)", tags=["results"])
     def result(job_id: str, gateway: GatewayDep) -> dict[str, Any]:

@@ -185,6 +185,11 @@ class JobStore:
             raise UnknownJobError(f"no job {job_id!r}")
         return _job(row)
 
+    def find_by_key(self, idempotency_key: str) -> Job | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(jobs_table).where(jobs_table.c.idempotency_key == idempotency_key)).one_or_none()
+        return None if row is None else _job(row)
+
     def list(self, limit: int = 100) -> list[Job]:
         with self.engine.begin() as conn:
             rows = conn.execute(select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)).all()

@@ -25,6 +25,15 @@ DEFAULT_TIMEOUT_S = 300.0
 class ServiceError(RuntimeError):
     """A service answered with an error; the message carries its status and JSON error."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: the service or one behind it is unavailable or timed out."""
+        return self.status in (502, 503, 504)
+
 
 @dataclass(frozen=True)
 class ServiceUrls:
@@ -40,7 +49,7 @@ def _check(response: httpx.Response, what: str) -> httpx.Response:
             detail = response.json().get("message", response.text)
         except ValueError:
             detail = response.text
-        raise ServiceError(f"{what}: HTTP {response.status_code}: {detail}")
+        raise ServiceError(f"{what}: HTTP {response.status_code}: {detail}", response.status_code)
     return response
 
 

@@ -14,6 +14,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import httpx
 
@@ -21,8 +24,24 @@ from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.gateway.jobs import DEFAULT_LEASE_S, Job, JobStore, LeaseLostError, make_engine
 from services.gateway.orchestrate import DEFAULT_TIMEOUT_S, ServiceError, ServiceUrls, SlideSession
 
+T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # transient failures (a service or Triton down) back off, then fail
+
+
+def with_retries(step: Callable[[], T], what: str, delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> T:
+    """Run `step`, retrying transient failures with backoff; the last failure propagates."""
+    for delay in (*delays_s, None):
+        try:
+            return step()
+        except (ServiceError, httpx.TransportError) as e:
+            if delay is None or (isinstance(e, ServiceError) and not e.transient):
+                raise
+            log.warning("%s failed (%s); retrying in %.0f s", what, e, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def run_job(
@@ -36,20 +55,23 @@ def run_job(
     options = job.options
     try:
         with httpx.Client(timeout=timeout_s) as client:
-            session = SlideSession(
-                client,
-                urls,
-                job.slide_location,
-                job.model,
-                options.get("mpp_um_per_px"),
-                int(options.get("batch_size", 150)),
-                float(options.get("field_diameter_mm", 0.0)),
+            session = with_retries(
+                lambda: SlideSession(
+                    client,
+                    urls,
+                    job.slide_location,
+                    job.model,
+                    options.get("mpp_um_per_px"),
+                    int(options.get("batch_size", 150)),
+                    float(options.get("field_diameter_mm", 0.0)),
+                ),
+                "preparing the slide",
             )
             done = store.checkpoints(job.id)
             for batch_index in range(session.batch_count):
                 if batch_index in done:
                     continue
-                found = session.detect_batch(batch_index)
+                found = with_retries(partial(session.detect_batch, batch_index), f"batch {batch_index}")
                 store.checkpoint(
                     job.id,
                     worker,
@@ -61,7 +83,7 @@ def run_job(
                 )
             payloads = store.checkpoints(job.id)
             detections = [pb.Detections.FromString(payloads[i]) for i in range(session.batch_count)]
-            store.finish(job.id, worker, session.aggregate(detections))
+            store.finish(job.id, worker, with_retries(lambda: session.aggregate(detections), "aggregation"))
     except LeaseLostError as e:
         log.warning("abandoning job %s: %s", job.id, e)
     except (ServiceError, httpx.HTTPError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -72,3 +73,29 @@ def test_cancel_stops_a_running_job(store: JobStore) -> None:
     with pytest.raises(LeaseLostError):
         store.checkpoint(job.id, "w", 0, b"x", 1, 2)
     assert store.cancel(job.id).state == CANCELLED  # cancelling twice is harmless
+
+
+def test_transient_failures_are_retried_with_backoff_then_reported() -> None:
+    from services.gateway.orchestrate import ServiceError
+    from services.gateway.worker import with_retries
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ServiceError("detect: HTTP 503: Triton at 127.0.0.1:1 failed", 503)
+        return "done"
+
+    assert with_retries(flaky, "batch 0", delays_s=(0.0, 0.0, 0.0)) == "done" and len(calls) == 3
+
+    def fails_with(status: int) -> Callable[[], str]:
+        def step() -> str:
+            raise ServiceError(f"detect: HTTP {status}", status)
+
+        return step
+
+    with pytest.raises(ServiceError, match="422"):
+        with_retries(fails_with(422), "x", (0.0,))  # not transient: no retry
+    with pytest.raises(ServiceError, match="503"):
+        with_retries(fails_with(503), "x", (0.0, 0.0))  # retries exhausted
