@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
+import cv2
+import httpx
+import numpy as np
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
 
-from services.aggregator.exports import CSV_COLUMNS, detection_rows, geojson_document
+from services.aggregator.exports import CSV_COLUMNS, detection_rows, geojson_document, render_overview
 from services.common.web import service_app
 from services.gateway.jobs import FINAL_STATES, SUCCEEDED, Job, JobStore, UnknownJobError, make_engine
 from services.gateway.orchestrate import ServiceUrls
@@ -382,5 +385,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer.writerow(CSV_COLUMNS)
         writer.writerows(detection_rows(result))
         return Response(out.getvalue(), media_type="text/csv")
+
+    @app.get(
+        "/v1/jobs/{job_id}/overview.png",
+        summary="The slide with every mitosis and the hotspot",
+        tags=["results"],
+        response_class=Response,
+    )
+    def overview_png(job_id: str, gateway: GatewayDep) -> Response:
+        result = gateway.result(job_id)
+        location = gateway.jobs.get(job_id).slide_location
+        response = httpx.get(f"{settings.tiler_url}/v1/overview.png", params={"location": location}, timeout=120)
+        if response.status_code != 200:
+            raise ResultNotReadyError(f"job {job_id}: the tiler cannot draw the slide: {response.text}")
+        picture = cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+        )
+        ok, png = cv2.imencode(".png", cv2.cvtColor(render_overview(result, picture), cv2.COLOR_RGB2BGR))
+        assert ok
+        return Response(png.tobytes(), media_type="image/png")
 
     return app

@@ -28,7 +28,7 @@ from services.common.messages import batch_to_message, plan_to_message
 from services.common.web import message_response, service_app
 from services.tiler.errors import SlideError, SlideNotFoundError, StorageUnavailableError
 from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
-from services.tiler.planning import SlidePlan, plan_slide
+from services.tiler.planning import OVERVIEW_MAX_SIDE_PX, SlidePlan, plan_slide
 from services.tiler.reader import ReadGeometry, read_tile
 from services.tiler.slide import Slide, open_slide, resolve_mpp
 from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
@@ -193,6 +193,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             pixels = await run_in_threadpool(read)
         return message_response(batch_to_message(request.location, tiles, pixels))
+
+    @app.get(
+        "/v1/overview.png",
+        summary="The whole slide, longer side up to 2048 px",
+        response_class=Response,
+        tags=["viewer"],
+    )
+    async def overview(
+        registry: RegistryDep, location: Annotated[str, Query(description="the slide's location")]
+    ) -> Response:
+        opened = await run_in_threadpool(registry.get, location)
+
+        def render() -> bytes:
+            with opened.lock:
+                picture = opened.slide.thumbnail(OVERVIEW_MAX_SIDE_PX)
+            ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            assert ok
+            return bytes(png.tobytes())
+
+        return Response(await run_in_threadpool(render), media_type="image/png")
 
     @app.get(
         "/v1/deepzoom/{level}/{col}_{row}.jpeg",

@@ -69,6 +69,8 @@ def test_upload_score_and_fetch_the_result_over_rest(e2e_slide: Path, tmp_path: 
             result = client.get(f"/v1/jobs/{job_id}/result").json()
             geojson = client.get(f"/v1/jobs/{job_id}/result.geojson").json()
             csv_lines = client.get(f"/v1/jobs/{job_id}/result.csv").text.strip().splitlines()
+            overview = client.get(f"/v1/jobs/{job_id}/overview.png")
+            assert overview.status_code == 200 and overview.content.startswith(b"\x89PNG")
 
             assert client.get("/v1/jobs/nope").status_code == 404
             assert client.get("/v1/jobs/nope/result").json()["error"] == "unknown_job"
