@@ -87,6 +87,7 @@ models: $(VENV)/.installed $(TRAIN_VENV)/.installed ## Retrain both detectors fr
 bench: $(VENV)/.installed ## Run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
 	$(PY) -m bench.tiling
 	$(PY) -m bench.reinhard
+	$(PY) -m bench.services
 
 clean: ## Remove virtual environments, caches and outputs
 	rm -rf $(VENV) $(TRITON_VENV) $(TRAIN_VENV) .cache out runs .pytest_cache .mypy_cache .ruff_cache
