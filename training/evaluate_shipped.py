@@ -26,29 +26,24 @@ import numpy as np
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
-from services.detector.backends import OnnxRuntimeBackend
-from services.detector.detector import ModelDetector
-from services.detector.postprocess import decode
+from services.detector.detector import Detector, open_detector
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "model_repository" / "yolov5n_mitosis" / "1" / "model.onnx"
 EVAL_SEEDS = (900_001, 900_002, 900_003)  # never used by training (training uses 10_000 + ...)
 MPP_UM_PER_PX = 0.25
 TILE_PX = 512
 
 
-def evaluate_synthetic(backend: OnnxRuntimeBackend, size_px: int, threshold: float) -> list[dict[str, object]]:
+def evaluate_synthetic(detector: Detector, size_px: int, threshold: float) -> list[dict[str, object]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in EVAL_SEEDS:
             slide = Path(tmp) / f"eval-{seed}.svs"
             make_slide(slide, SynthParams(width_px=size_px, height_px=size_px, seed=seed, mitoses_per_mm2=10.0))
             truth = json.loads(truth_path_for(slide).read_text())
-            result = score_slide(
-                slide, Path(tmp) / f"eval-{seed}", ModelDetector(backend), ScoreOptions(score_threshold=threshold)
-            )
+            result = score_slide(slide, Path(tmp) / f"eval-{seed}", detector, ScoreOptions(score_threshold=threshold))
             counts = match_points(
                 ((d["x_px"], d["y_px"], d["score"]) for d in result["detections"]),
                 ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
@@ -67,11 +62,9 @@ def evaluate_synthetic(backend: OnnxRuntimeBackend, size_px: int, threshold: flo
     return rows
 
 
-def evaluate_amibr(
-    backend: OnnxRuntimeBackend, amibr: Path, manifest: dict[str, object], threshold: float
-) -> MatchCounts:
+def evaluate_amibr(detector: Detector, amibr: Path, manifest: dict[str, object], threshold: float) -> MatchCounts:
     split_of: dict[str, str] = manifest["amibr_slides"]  # type: ignore[assignment]
-    target = LabStats.from_dict(backend.info.reinhard_target_lab)
+    target = LabStats.from_dict(detector.info.reinhard_target_lab)
     by_slide = defaultdict(list)
     for crop in read_amibr(amibr):
         if split_of.get(crop.source_slide) == "test":
@@ -89,7 +82,7 @@ def evaluate_amibr(
                 ox, oy = (k % per_row) * CROP_PX, (k // per_row) * CROP_PX
                 tile[oy : oy + CROP_PX, ox : ox + CROP_PX] = normalise(image)
                 truths += [(x + ox, y + oy) for x, y in crop.points]
-            (dets,) = decode(backend.infer(tile[None]), backend.info.output_format, threshold)
+            (dets,) = detector.detect(tile[None], threshold)
             centres = (
                 (float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2, float(s))
                 for b, s in zip(dets.boxes_px, dets.scores, strict=True)
@@ -100,7 +93,7 @@ def evaluate_amibr(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=MODEL, help="the ONNX model to evaluate")
+    parser.add_argument("--model", default="yolov5n_mitosis", help="model name, 'ensemble', or an .onnx path")
     parser.add_argument("--amibr", type=Path, default=None, help="AMi-Br folder; skipped when absent")
     parser.add_argument(
         "--manifest",
@@ -110,13 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--synthetic-size", type=int, default=8192, help="side of each synthetic slide in px")
     parser.add_argument("--threshold", type=float, default=None, help="default: the model's validated threshold")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "evaluation.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/evaluation-<model>.json")
     args = parser.parse_args(argv)
+    out = args.out or REPO / "runs" / f"evaluation-{Path(args.model).stem}.json"
 
-    backend = OnnxRuntimeBackend(args.model)
-    threshold = backend.info.score_threshold if args.threshold is None else args.threshold
-    report: dict[str, object] = {"model_sha256": backend.info.sha256, "threshold": threshold}
-    synthetic = evaluate_synthetic(backend, args.synthetic_size, threshold)
+    detector = open_detector(args.model, "onnxruntime", REPO / "model_repository", "")
+    threshold = detector.info.score_threshold if args.threshold is None else args.threshold
+    report: dict[str, object] = {"model_sha256": detector.info.sha256, "threshold": threshold}
+    synthetic = evaluate_synthetic(detector, args.synthetic_size, threshold)
     summed = MatchCounts(0, 0, 0)
     for row in synthetic:
         summed = summed + MatchCounts(int(row["tp"]), int(row["fp"]), int(row["fn"]))  # type: ignore[call-overload]
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.amibr is not None and args.amibr.exists() and args.manifest.exists():
         manifest = json.loads(args.manifest.read_text())
-        counts = evaluate_amibr(backend, args.amibr, manifest, threshold)
+        counts = evaluate_amibr(detector, args.amibr, manifest, threshold)
         report["amibr_test"] = {
             "tp": counts.tp,
             "fp": counts.fp,
@@ -141,10 +135,10 @@ def main(argv: list[str] | None = None) -> None:
             f"AMi-Br held-out slides: recall {counts.recall:.3f} precision {counts.precision:.3f} "
             f"(TP {counts.tp}, FP {counts.fp}, FN {counts.fn})"
         )
-    backend.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    detector.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
