@@ -23,7 +23,7 @@ SHARED = Path(os.environ.get("MITOSCOPE_SHARED", REPO_ROOT.parent / "shared"))
 TRITON_VENV = REPO_ROOT / ".venv-triton"
 
 # The end-to-end slide: 1 mm x 1 mm at 0.25 µm/px, dense enough in mitoses to measure recall.
-E2E_PARAMS = SynthParams(width_px=4096, height_px=4096, seed=20261129, mitoses_per_mm2=14.0)
+E2E_PARAMS = SynthParams(width_px=4096, height_px=4096, seed=20261129, mitoses_per_mm2=24.0)
 
 
 def shared_file(relative: str) -> Path:
