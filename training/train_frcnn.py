@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()  # type: ignore[union-attr]
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))  # type: ignore[union-attr]
         scheduler.step()
         if rank == 0:
             inner = model.module if distributed else model
