@@ -254,6 +254,11 @@ def demo(
     if cmu.is_file():
         slides.append(cmu)
     repository = _model_repository()
+    if not (repository / "faster_rcnn_mitosis" / "1" / "model.onnx").is_file():
+        console.print(
+            "faster_rcnn_mitosis is not built (its 113 MB weights are not in git; `make models` "
+            "trains it): scoring with yolov5n_mitosis"
+        )
     server: TritonServer | None = None
     detector: Detector
     try:
