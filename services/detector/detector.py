@@ -21,7 +21,7 @@ from services.detector.backends import DetectorBackend, OnnxRuntimeBackend, Trit
 from services.detector.model import ModelInfo, resolve_model_path
 from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode
 
-DEFAULT_WBF_IOU = 0.4
+DEFAULT_WBF_IOU = 0.55  # above the NMS IoU (0.45), so boxes one model kept apart stay apart
 ENSEMBLE_CANDIDATE_THRESHOLD = 0.05  # each member's boxes down to this score enter the fusion
 
 
@@ -72,40 +72,48 @@ def _iou(box: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32]) -> npt.ND
 def weighted_box_fusion(
     per_model: list[TileDetections], weights: list[float], iou_threshold: float = DEFAULT_WBF_IOU
 ) -> TileDetections:
-    """Fuse one tile's detections from several models (one class id at a time)."""
+    """Fuse one tile's detections from several models (one class id at a time).
+
+    A cluster's box is the mean of its members' boxes weighted by score x model weight; its score
+    is the weight-averaged member score scaled by min(cluster weight, total weight) / total weight,
+    so a figure that only some models find is down-weighted and several boxes from one model
+    cannot push a score above what the models said."""
     total_weight = float(sum(weights))
     rows = [
-        (box, float(score) * w, int(cls))
+        (box, float(score), float(w), int(cls))
         for dets, w in zip(per_model, weights, strict=True)
         for box, score, cls in zip(dets.boxes_px, dets.scores, dets.class_ids, strict=True)
     ]
-    rows.sort(key=lambda r: -r[1])
+    rows.sort(key=lambda r: -r[1] * r[2])
     fused_boxes: list[npt.NDArray[np.float32]] = []
-    members: list[list[tuple[npt.NDArray[np.float32], float]]] = []
+    members: list[list[tuple[npt.NDArray[np.float32], float, float]]] = []
     classes: list[int] = []
-    for box, score, cls in rows:
+    for box, score, weight, cls in rows:
         match = -1
-        if fused_boxes:
-            same_class = [i for i, c in enumerate(classes) if c == cls]
-            if same_class:
-                overlaps = _iou(box, np.stack([fused_boxes[i] for i in same_class]))
-                best = int(np.argmax(overlaps))
-                if overlaps[best] > iou_threshold:
-                    match = same_class[best]
+        same_class = [i for i, c in enumerate(classes) if c == cls]
+        if same_class:
+            overlaps = _iou(box, np.stack([fused_boxes[i] for i in same_class]))
+            best = int(np.argmax(overlaps))
+            if overlaps[best] > iou_threshold:
+                match = same_class[best]
         if match < 0:
             fused_boxes.append(box.astype(np.float32))
-            members.append([(box, score)])
+            members.append([(box, score, weight)])
             classes.append(cls)
             continue
-        members[match].append((box, score))
-        scores = np.array([s for _, s in members[match]], np.float32)
-        stacked = np.stack([b for b, _ in members[match]])
-        fused_boxes[match] = (stacked * scores[:, None]).sum(axis=0) / max(float(scores.sum()), 1e-9)
+        members[match].append((box, score, weight))
+        confidence = np.array([s * w for _, s, w in members[match]], np.float32)
+        stacked = np.stack([b for b, _, _ in members[match]])
+        fused_boxes[match] = (stacked * confidence[:, None]).sum(axis=0) / max(float(confidence.sum()), 1e-9)
     if not fused_boxes:
         return TileDetections.empty()
-    fused_scores = np.array([sum(s for _, s in m) / total_weight for m in members], np.float32)
+    fused_scores = []
+    for cluster in members:
+        cluster_weight = sum(w for _, _, w in cluster)
+        mean_score = sum(s * w for _, s, w in cluster) / cluster_weight
+        fused_scores.append(mean_score * min(cluster_weight, total_weight) / total_weight)
     return TileDetections(
-        np.stack(fused_boxes).astype(np.float32), np.minimum(fused_scores, 1.0), np.array(classes, np.int64)
+        np.stack(fused_boxes).astype(np.float32), np.array(fused_scores, np.float32), np.array(classes, np.int64)
     )
 
 

@@ -107,5 +107,8 @@ def test_killed_worker_is_resumed_without_loss_or_duplicates(
     assert finished.result is not None
     assert finished.result["mitosis_count"] == local["mitosis_count"]
     remote_points = [(d["x_px"], d["y_px"]) for d in finished.result["detections"]]
-    assert remote_points == pytest.approx([(d["x_px"], d["y_px"]) for d in local["detections"]], abs=0.5)
+    local_points = [(d["x_px"], d["y_px"]) for d in local["detections"]]
+    assert len(remote_points) == len(local_points)
+    for ours, theirs in zip(remote_points, local_points, strict=True):
+        assert ours == pytest.approx(theirs, abs=0.5)
     assert len(set(remote_points)) == len(remote_points)  # no detection twice
