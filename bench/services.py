@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from mitoscope.pipeline import REPO_ROOT, ScoreOptions, score_slide
-from mitoscope.stack import service
+from mitoscope.stack import pipeline_services
 from mitoscope.synth import SynthParams, make_slide
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
@@ -58,15 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         triton = stack.enter_context(
             TritonServer(MODEL_REPOSITORY, REPO_ROOT / ".venv-triton", root / "triton", log_path=root / "triton.log")
         )
-        urls = ServiceUrls(
-            tiler=stack.enter_context(
-                service("tiler", {"TILER_SLIDE_ROOT": str(slides), "TILER_CACHE_DIR": str(root / "cache")}, root)
-            ),
-            preprocess=stack.enter_context(service("preprocess", {}, root)),
-            detector=stack.enter_context(
-                service("detector", {"DETECTOR_BACKEND": "triton", "DETECTOR_TRITON_URL": triton.grpc_url}, root)
-            ),
-            aggregator=stack.enter_context(service("aggregator", {}, root)),
+        urls = pipeline_services(
+            stack, slides, root, {"DETECTOR_BACKEND": "triton", "DETECTOR_TRITON_URL": triton.grpc_url}
         )
         traffic: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from services.detector.triton_server import TritonServer, free_port
+from services.gateway.orchestrate import ServiceUrls
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -87,6 +88,17 @@ def service(name: str, env: dict[str, str], log_dir: Path) -> Iterator[str]:
         yield url
     finally:
         stop_process(process)
+
+
+def pipeline_services(exits: ExitStack, slide_root: Path, work_dir: Path, detector_env: dict[str, str]) -> ServiceUrls:
+    """Tiler, preprocess, detector and aggregator, stopped when `exits` closes; their URLs."""
+    tiler_env = {"TILER_SLIDE_ROOT": str(slide_root), "TILER_CACHE_DIR": str(work_dir / "cache")}
+    return ServiceUrls(
+        tiler=exits.enter_context(service("tiler", tiler_env, work_dir)),
+        preprocess=exits.enter_context(service("preprocess", {}, work_dir)),
+        detector=exits.enter_context(service("detector", detector_env, work_dir)),
+        aggregator=exits.enter_context(service("aggregator", {}, work_dir)),
+    )
 
 
 @dataclass

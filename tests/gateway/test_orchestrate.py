@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.stack import service
+from mitoscope.stack import pipeline_services
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer
-from services.gateway.orchestrate import ServiceError, ServiceUrls, score_via_services
+from services.gateway.orchestrate import ServiceError, score_via_services
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
 
 pytestmark = pytest.mark.integration
@@ -27,25 +27,15 @@ def test_services_over_http_give_the_in_process_result(
     slides.mkdir()
     shutil.copy(e2e_slide, slides / "case.svs")
     with ExitStack() as stack:
-        urls = ServiceUrls(
-            tiler=stack.enter_context(
-                service(
-                    "tiler", {"TILER_SLIDE_ROOT": str(slides), "TILER_CACHE_DIR": str(tmp_path / "cache")}, tmp_path
-                )
-            ),
-            preprocess=stack.enter_context(service("preprocess", {}, tmp_path)),
-            detector=stack.enter_context(
-                service(
-                    "detector",
-                    {
-                        "DETECTOR_BACKEND": "triton",
-                        "DETECTOR_TRITON_URL": triton_server.grpc_url,
-                        "DETECTOR_MODEL_REPOSITORY": str(MODEL_REPOSITORY),
-                    },
-                    tmp_path,
-                )
-            ),
-            aggregator=stack.enter_context(service("aggregator", {}, tmp_path)),
+        urls = pipeline_services(
+            stack,
+            slides,
+            tmp_path,
+            {
+                "DETECTOR_BACKEND": "triton",
+                "DETECTOR_TRITON_URL": triton_server.grpc_url,
+                "DETECTOR_MODEL_REPOSITORY": str(MODEL_REPOSITORY),
+            },
         )
         seen: list[tuple[int, int]] = []
         remote = score_via_services(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.stack import service
+from mitoscope.stack import pipeline_services
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
@@ -63,25 +63,15 @@ def test_killed_worker_is_resumed_without_loss_or_duplicates(
     shutil.copy(e2e_slide, slides / "case.svs")
     store_url = store.engine.url.render_as_string(hide_password=False)
     with ExitStack() as stack:
-        urls = ServiceUrls(
-            tiler=stack.enter_context(
-                service(
-                    "tiler", {"TILER_SLIDE_ROOT": str(slides), "TILER_CACHE_DIR": str(tmp_path / "cache")}, tmp_path
-                )
-            ),
-            preprocess=stack.enter_context(service("preprocess", {}, tmp_path)),
-            detector=stack.enter_context(
-                service(
-                    "detector",
-                    {
-                        "DETECTOR_BACKEND": "onnxruntime",
-                        "DETECTOR_ONNXRUNTIME_THREADS": "1",
-                        "DETECTOR_MODEL_REPOSITORY": str(MODEL_REPOSITORY),
-                    },
-                    tmp_path,
-                )
-            ),
-            aggregator=stack.enter_context(service("aggregator", {}, tmp_path)),
+        urls = pipeline_services(
+            stack,
+            slides,
+            tmp_path,
+            {
+                "DETECTOR_BACKEND": "onnxruntime",
+                "DETECTOR_ONNXRUNTIME_THREADS": "1",
+                "DETECTOR_MODEL_REPOSITORY": str(MODEL_REPOSITORY),
+            },
         )
         job, _ = store.create("case.svs", DEFAULT_MODEL_NAME, {"batch_size": 8})
         first = _worker(store_url, urls, "worker-a", tmp_path / "worker-a.log", stop_when_idle=False)
