@@ -138,6 +138,10 @@ class JobOut(BaseModel):
         )
 
 
+def _slide_out(row: Any) -> SlideOut:
+    return SlideOut(id=row.id, name=row.name, location=row.location, sha256=row.sha256, size_bytes=row.size_bytes)
+
+
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -189,14 +193,12 @@ class Gateway:
             row = conn.execute(select(slides_table).where(slides_table.c.id == slide_id)).one_or_none()
         if row is None:
             raise UnknownSlideError(f"no slide {slide_id!r}; register or upload it with POST /v1/slides")
-        return SlideOut(id=row.id, name=row.name, location=row.location, sha256=row.sha256, size_bytes=row.size_bytes)
+        return _slide_out(row)
 
     def slides(self) -> list[SlideOut]:
         with self.engine.begin() as conn:
             rows = conn.execute(select(slides_table).order_by(slides_table.c.created_at.desc())).all()
-        return [
-            SlideOut(id=r.id, name=r.name, location=r.location, sha256=r.sha256, size_bytes=r.size_bytes) for r in rows
-        ]
+        return [_slide_out(r) for r in rows]
 
     def result(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
@@ -260,25 +262,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         folder.mkdir(parents=True)
         partial = folder / f"{name}.partial"
         digest, size = hashlib.sha256(), 0
-        with partial.open("wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    f.close()
-                    partial.unlink()
-                    folder.rmdir()
-                    raise UploadTooLargeError(f"{name}: more than {settings.max_upload_bytes} bytes")
-                digest.update(chunk)
-                f.write(chunk)
-        if size == 0:
-            partial.unlink()
+        try:  # one clean-up for every way an upload can end early, a dropped connection included
+            with partial.open("wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > settings.max_upload_bytes:
+                        raise UploadTooLargeError(f"{name}: more than {settings.max_upload_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+            if size == 0:
+                raise BadRequestError(f"{name}: empty upload")
+            expected = request.headers.get("x-content-sha256")
+            if expected and expected.lower() != digest.hexdigest():
+                raise BadRequestError(f"{name}: checksum mismatch (sent {expected}, received {digest.hexdigest()})")
+        except BaseException:
+            partial.unlink(missing_ok=True)
             folder.rmdir()
-            raise BadRequestError(f"{name}: empty upload")
-        expected = request.headers.get("x-content-sha256")
-        if expected and expected.lower() != digest.hexdigest():
-            partial.unlink()
-            folder.rmdir()
-            raise BadRequestError(f"{name}: checksum mismatch (sent {expected}, received {digest.hexdigest()})")
+            raise
         partial.rename(folder / name)
         location = str((folder / name).relative_to(settings.slide_root))
         return gateway.add_slide(name, location, digest.hexdigest(), size)
