@@ -21,13 +21,12 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
 from services.detector.detector import Detector, open_detector
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
+from training.mosaic import pack
 from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,12 +75,10 @@ def evaluate_amibr(detector: Detector, amibr: Path, manifest: dict[str, object],
         normalise = ReinhardNormaliser(stats_from_images(images), target)
         for start in range(0, len(crops), per_row * per_row):
             chunk = list(zip(crops[start : start + per_row**2], images[start : start + per_row**2], strict=True))
-            tile = np.full((TILE_PX, TILE_PX, 3), 255, np.uint8)
-            truths = []
-            for k, (crop, image) in enumerate(chunk):
-                ox, oy = (k % per_row) * CROP_PX, (k // per_row) * CROP_PX
-                tile[oy : oy + CROP_PX, ox : ox + CROP_PX] = normalise(image)
-                truths += [(x + ox, y + oy) for x, y in crop.points]
+            tile, offsets = pack([normalise(image) for _, image in chunk], TILE_PX)
+            truths = [
+                (x + ox, y + oy) for (crop, _), (ox, oy) in zip(chunk, offsets, strict=True) for x, y in crop.points
+            ]
             (dets,) = detector.detect(tile[None], threshold)
             centres = (
                 (float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2, float(s))

@@ -16,6 +16,7 @@ import numpy as np
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, ScoredImage, best_threshold, pr_curve
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.postprocess import decode
+from training.mosaic import pack, split
 
 CANDIDATE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 MPP_UM_PER_PX = 0.25
@@ -49,23 +50,14 @@ def choose_threshold(model_path: Path, dataset_dir: Path) -> ThresholdChoice:
     if not items:
         raise ValueError(f"{dataset_dir}: no validation images")
     cell = items[0][0].shape[0]
-    per_side = size // cell
+    per_tile = (size // cell) ** 2
     scored: list[ScoredImage] = []
-    for start in range(0, len(items), per_side * per_side):
-        tile = np.full((size, size, 3), 255, np.uint8)
-        group = items[start : start + per_side * per_side]
-        for k, (rgb, _) in enumerate(group):
-            oy, ox = (k // per_side) * cell, (k % per_side) * cell
-            tile[oy : oy + cell, ox : ox + cell] = rgb
+    for start in range(0, len(items), per_tile):
+        group = items[start : start + per_tile]
+        tile, offsets = pack([rgb for rgb, _ in group], size)
         (dets,) = decode(backend.infer(tile[None]), backend.info.output_format, min(CANDIDATE_THRESHOLDS))
-        for k, (_, centres) in enumerate(group):
-            oy, ox = (k // per_side) * cell, (k % per_side) * cell
-            mine = []
-            for box, score in zip(dets.boxes_px, dets.scores, strict=True):
-                cx, cy = float(box[0] + box[2]) / 2 - ox, float(box[1] + box[3]) / 2 - oy
-                if 0 <= cx < cell and 0 <= cy < cell:
-                    mine.append((cx, cy, float(score)))
-            scored.append((mine, centres))
+        for found, (_, centres) in zip(split(dets.boxes_px, dets.scores, offsets, cell), group, strict=True):
+            scored.append((found, centres))
     backend.close()
     curve = pr_curve(scored, MIDOG_MATCH_RADIUS_UM / MPP_UM_PER_PX, CANDIDATE_THRESHOLDS)
     threshold, counts = best_threshold(curve)

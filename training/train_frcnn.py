@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.mosaic import pack, split
+
 PROG = "mitoscope train frcnn"  # as invoked through the mitoscope CLI
 REPO = Path(__file__).resolve().parents[1]
 TILE_PX = 512
@@ -69,22 +71,14 @@ def validation_f1(model, items: list[tuple[Path, np.ndarray]], device) -> tuple[
     with torch.no_grad():
         for start in range(0, len(items), 4):
             group = items[start : start + 4]
-            canvas = np.full((TILE_PX, TILE_PX, 3), 255, np.uint8)
-            for k, (path, _) in enumerate(group):
-                oy, ox = (k // 2) * CELL_PX, (k % 2) * CELL_PX
-                canvas[oy : oy + CELL_PX, ox : ox + CELL_PX] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            canvas, offsets = pack(
+                [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path, _ in group], TILE_PX
+            )
             image = torch.from_numpy(canvas).permute(2, 0, 1).float().div(255.0).to(device)
             found = model([image])[0]
-            boxes, scores = found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
-            for k, (_, truth_boxes) in enumerate(group):
-                oy, ox = (k // 2) * CELL_PX, (k % 2) * CELL_PX
-                dets = [
-                    ((b[0] + b[2]) / 2 - ox, (b[1] + b[3]) / 2 - oy, float(s))
-                    for b, s in zip(boxes, scores, strict=True)
-                    if 0 <= (b[0] + b[2]) / 2 - ox < CELL_PX and 0 <= (b[1] + b[3]) / 2 - oy < CELL_PX
-                ]
-                truths = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in truth_boxes]
-                scored.append((dets, truths))
+            per_cell = split(found["boxes"].cpu().numpy(), found["scores"].cpu().numpy(), offsets, CELL_PX)
+            for dets, (_, truth_boxes) in zip(per_cell, group, strict=True):
+                scored.append((dets, [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in truth_boxes]))
     curve = pr_curve(scored, MIDOG_MATCH_RADIUS_UM / 0.25, [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)])
     threshold, counts = best_threshold(curve)
     return counts.f1, threshold
@@ -163,10 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
 
     def load(indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        canvas = np.full((TILE_PX, TILE_PX, 3), 255, np.uint8)
-        boxes = []
+        cells, cell_boxes_list = [], []
         rng = random.Random(sum(indices))
-        for k, index in enumerate(indices):
+        for index in indices:
             path, cell_boxes = items[index]
             rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
             cell_boxes = cell_boxes.copy()
@@ -176,9 +169,10 @@ def main(argv: list[str] | None = None) -> None:
             if rng.random() < 0.5:  # vertical flip
                 rgb = rgb[::-1]
                 cell_boxes[:, [1, 3]] = CELL_PX - cell_boxes[:, [3, 1]]
-            oy, ox = (k // 2) * CELL_PX, (k % 2) * CELL_PX
-            canvas[oy : oy + CELL_PX, ox : ox + CELL_PX] = rgb
-            boxes.append(cell_boxes + np.array([ox, oy, ox, oy], np.float32))
+            cells.append(rgb)
+            cell_boxes_list.append(cell_boxes)
+        canvas, offsets = pack(cells, TILE_PX)
+        boxes = [b + np.array([x, y, x, y], np.float32) for b, (x, y) in zip(cell_boxes_list, offsets, strict=True)]
         all_boxes = torch.from_numpy(np.concatenate(boxes)).float()
         image = torch.from_numpy(canvas).permute(2, 0, 1).float().div(255.0)
         target = {"boxes": all_boxes, "labels": torch.ones(len(all_boxes), dtype=torch.int64)}
