@@ -24,6 +24,7 @@ from services.common.messages import MessageError, detections_from_message, plan
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
     read_message,
     service_app,
 )
@@ -32,6 +33,7 @@ from services.common.web import (
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGGREGATOR_")
 
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "10-HPF hotspot and gives the Nottingham mitotic score.",
         ready=lambda: [],
         errors={GradingParameterError: (422, "bad_grading_parameter")},
+        max_concurrent_requests=settings.max_concurrent_requests,
     )
 
     @app.post("/v1/aggregate", summary="The slide result (JSON) from the plan and all detections", tags=["aggregator"])

@@ -20,6 +20,8 @@ from services.common.messages import PROTOBUF_CONTENT_TYPE, MessageError
 
 M = TypeVar("M", bound=Message)
 DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024  # a 150-tile batch of 512 px tiles is 118 MB
+DEFAULT_MAX_CONCURRENT_REQUESTS = 4  # work requests (`/v1/...`) served at once; more get 429
+BUSY_RETRY_AFTER_S = 1
 
 
 class ContentTypeError(ValueError):
@@ -81,16 +83,45 @@ def service_app(
     ready: Callable[[], list[str]],
     errors: dict[type[Exception], tuple[int, str]],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    max_concurrent_requests: int | None = None,
 ) -> FastAPI:
-    """A service's FastAPI app with health, metrics, request metrics and its error mapping."""
+    """A service's FastAPI app with health, metrics, request metrics and its error mapping.
+
+    With `max_concurrent_requests`, work requests beyond that many at once are refused with 429
+    and `Retry-After` instead of queueing: callers back off, and memory stays bounded."""
     app = FastAPI(title=f"mitoscope {name}", version="1", description=description, lifespan=lifespan)
     router, middleware = observability_router(name, ready)
     app.include_router(router)
+    if max_concurrent_requests is not None:
+        app.middleware("http")(concurrency_limit(name, max_concurrent_requests))
     app.middleware("http")(middleware)
     add_common_error_handlers(app)
     for error, (status, code) in errors.items():
         add_error_handler(app, error, status, code)
     return app
+
+
+def concurrency_limit(service: str, limit: int) -> Callable[..., Awaitable[Response]]:
+    """A middleware that serves at most `limit` `/v1/` requests at once and answers the rest 429."""
+    in_flight = 0
+
+    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        nonlocal in_flight  # one event loop per app: no lock needed between awaits
+        if not request.url.path.startswith("/v1/"):
+            return await call_next(request)
+        if in_flight >= limit:
+            busy = error_response(
+                429, "busy", f"{service} is serving {limit} requests already; retry after {BUSY_RETRY_AFTER_S} s"
+            )
+            busy.headers["retry-after"] = str(BUSY_RETRY_AFTER_S)
+            return busy
+        in_flight += 1
+        try:
+            return await call_next(request)
+        finally:
+            in_flight -= 1
+
+    return middleware
 
 
 def observability_router(

@@ -23,10 +23,12 @@ from services.common.messages import batch_from_message, detections_to_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
     message_response,
     read_message,
     service_app,
 )
+from services.detector.backends import triton_problems
 from services.detector.detector import Detector, open_detector
 from services.detector.errors import InferenceServerError, InferenceTimeoutError, ModelError, UnknownModelError
 from services.detector.model import DEFAULT_MODEL_NAME
@@ -37,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DETECTOR_")
 
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     backend: Literal["triton", "onnxruntime"] = "triton"
     triton_url: str = "127.0.0.1:8001"
     model_repository: Path = REPO_ROOT / "model_repository"
@@ -64,8 +67,11 @@ class Detectors:
             return self._open[name]
 
     def problems(self) -> list[str]:
+        s = self.settings
+        if s.backend == "triton":
+            return triton_problems(s.triton_url, s.default_model)
         try:
-            self.get(self.settings.default_model)
+            self.get(s.default_model)
         except (ModelError, InferenceServerError) as e:
             return [str(e)]
         return []
@@ -119,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             InferenceServerError: (503, "inference_server_unavailable"),
         },
         lifespan=lifespan,
+        max_concurrent_requests=settings.max_concurrent_requests,
     )
     app.state.detectors = detectors
 

@@ -95,6 +95,27 @@ class OnnxRuntimeBackend:
         del self._session
 
 
+def triton_problems(url: str, model_name: str, timeout_s: float = DEFAULT_TRITON_CONNECT_TIMEOUT_S) -> list[str]:
+    """What keeps Triton at `url` from serving `model_name` now (empty when it can).
+
+    Asked afresh on every readiness probe: a connection opened earlier says nothing about
+    whether the server is still there."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url=url)
+    try:
+        if not client.is_server_ready(client_timeout=timeout_s):
+            return [f"Triton at {url} is not ready"]
+        if not client.is_model_ready(model_name, client_timeout=timeout_s):
+            return [f"model {model_name!r} is not loaded in Triton at {url}"]
+    except InferenceServerException as e:
+        return [f"Triton at {url} is unreachable: {e}"]
+    finally:
+        client.close()
+    return []
+
+
 class TritonBackend:
     def __init__(
         self,

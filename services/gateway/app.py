@@ -33,9 +33,17 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text,
 
 from services.aggregator.exports import CSV_COLUMNS, detection_rows, geojson_document, render_overview
 from services.common.web import service_app
-from services.gateway.jobs import FINAL_STATES, SUCCEEDED, Job, JobStore, UnknownJobError, make_engine
-from services.gateway.orchestrate import ServiceUrls
-from services.gateway.worker import run_worker
+from services.gateway.jobs import (
+    FINAL_STATES,
+    SUCCEEDED,
+    Job,
+    JobStateError,
+    JobStore,
+    UnknownJobError,
+    make_engine,
+)
+from services.gateway.orchestrate import DEFAULT_BATCHES_IN_FLIGHT, ServiceUrls
+from services.gateway.worker import DEFAULT_RETRY, RetryPolicy, run_worker
 
 MAX_UPLOAD_BYTES = 20 * 1024**3
 UPLOAD_CHUNK_BYTES = 8 * 1024**2
@@ -55,6 +63,8 @@ class Settings(BaseSettings):
     aggregator_url: str = "http://127.0.0.1:8104"
     default_model: str = "yolov5n_mitosis"
     worker_threads: int = 1
+    batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT
+    retry_budget_s: float = DEFAULT_RETRY.budget_s
 
 
 class BadRequestError(ValueError):
@@ -162,7 +172,14 @@ class Gateway:
 
     def _work(self, name: str) -> None:
         while not self._stop.is_set():
-            run_worker(self.jobs, name, self.urls, stop_when_idle=True)
+            run_worker(
+                self.jobs,
+                name,
+                self.urls,
+                stop_when_idle=True,
+                max_in_flight=self.settings.batches_in_flight,
+                retry=RetryPolicy(budget_s=self.settings.retry_budget_s),
+            )
             self._stop.wait(EVENT_POLL_S)
 
     def stop(self) -> None:
@@ -237,6 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             UnknownSlideError: (404, "unknown_slide"),
             UnknownJobError: (404, "unknown_job"),
             ResultNotReadyError: (409, "result_not_ready"),
+            JobStateError: (409, "job_state"),
         },
         lifespan=lifespan,
     )
@@ -314,6 +332,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a job", tags=["jobs"])
     def cancel_job(job_id: str, gateway: GatewayDep) -> JobOut:
         return JobOut.of(gateway.jobs.cancel(job_id))
+
+    @app.post(
+        "/v1/jobs/{job_id}/retry",
+        summary="Queue a failed job again; it resumes from its checkpointed batches",
+        tags=["jobs"],
+    )
+    def retry_job(job_id: str, gateway: GatewayDep) -> JobOut:
+        return JobOut.of(gateway.jobs.requeue(job_id))
 
     @app.get(
         "/v1/jobs/{job_id}/events",

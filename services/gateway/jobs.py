@@ -79,6 +79,10 @@ class UnknownJobError(JobError):
     """No job with that id (HTTP 404)."""
 
 
+class JobStateError(JobError):
+    """The job is not in a state that allows the request (HTTP 409)."""
+
+
 class LeaseLostError(JobError):
     """The worker no longer holds the job's lease: another replica took it over."""
 
@@ -296,6 +300,19 @@ class JobStore:
             ).rowcount
         if not changed:
             raise LeaseLostError(f"job {job_id}: {worker} no longer holds its lease")
+
+    def requeue(self, job_id: str) -> Job:
+        """Queue a failed job again; its checkpointed batches are kept, so it resumes where it stopped."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(jobs_table)
+                .where(and_(jobs_table.c.id == job_id, jobs_table.c.state == FAILED))
+                .values(state=QUEUED, error=None, updated_at=_now())
+            ).rowcount
+        job = self.get(job_id)
+        if not changed:
+            raise JobStateError(f"job {job_id} is {job.state}: only a failed job can be retried")
+        return job
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job that has not finished; a worker notices at its next checkpoint."""

@@ -1,13 +1,15 @@
 """Score one slide through the services over HTTP: tiler -> preprocess -> detector -> aggregator.
 
 The same steps as the embedded pipeline (`mitoscope.pipeline.score_slide`), each done by the
-service that owns it, with protobuf bodies between them. Batches are sent one at a time here;
-bounded concurrency and durable checkpoints belong to the jobs layer built on top of this.
+service that owns it, with protobuf bodies between them. At most `max_in_flight` batches are on
+their way at once, and the next is sent only when a finished one has been taken: memory stays
+bounded however large the slide. Durable checkpoints belong to the jobs layer built on top.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from services.tiler.reader import DEFAULT_BATCH_SIZE
 
 STATS_SAMPLE_TILES = 32  # as the embedded pipeline
 DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_BATCHES_IN_FLIGHT = 2  # one batch read and normalised while the previous one is detected
 
 
 class ServiceError(RuntimeError):
@@ -31,8 +34,8 @@ class ServiceError(RuntimeError):
 
     @property
     def transient(self) -> bool:
-        """Worth retrying: the service or one behind it is unavailable or timed out."""
-        return self.status in (502, 503, 504)
+        """Worth retrying: the service is busy (429), or it or one behind it is down or timed out."""
+        return self.status in (429, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,8 @@ class SlideSession:
             field_diameter_mm=field_diameter_mm,
         )
 
-    def tiles_through(self, batch_index: int) -> int:
-        return min((batch_index + 1) * self.batch_size, self.total_tiles)
+    def tiles_in(self, batch_index: int) -> int:
+        return min(self.batch_size, self.total_tiles - batch_index * self.batch_size)
 
     def detect_batch(self, batch_index: int) -> pb.Detections:
         start = batch_index * self.batch_size
@@ -138,6 +141,34 @@ class SlideSession:
         return result
 
 
+def detect_in_flight(
+    detect: Callable[[int], pb.Detections], batch_indices: Iterable[int], max_in_flight: int
+) -> Iterator[tuple[int, pb.Detections]]:
+    """(batch index, detections) as batches finish, with at most `max_in_flight` outstanding.
+
+    A new batch is sent only when the caller takes a finished one (backpressure); when the caller
+    stops early or a batch fails, nothing more is sent and the batches in flight are awaited."""
+    pending = iter(batch_indices)
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batch") as pool:
+        in_flight: dict[Future[pb.Detections], int] = {}
+        try:
+            for batch_index in pending:
+                in_flight[pool.submit(detect, batch_index)] = batch_index
+                if len(in_flight) == max_in_flight:
+                    break
+            while in_flight:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    batch_index = in_flight.pop(future)
+                    yield batch_index, future.result()
+                    following = next(pending, None)
+                    if following is not None:
+                        in_flight[pool.submit(detect, following)] = following
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
 def score_via_services(
     location: str,
     urls: ServiceUrls,
@@ -147,14 +178,17 @@ def score_via_services(
     field_diameter_mm: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
 ) -> dict[str, Any]:
     with httpx.Client(timeout=timeout_s) as client:
         session = SlideSession(client, urls, location, model, mpp_um_per_px, batch_size, field_diameter_mm)
         if progress:
             progress(0, session.total_tiles)
-        detections = []
-        for batch_index in range(session.batch_count):
-            detections.append(session.detect_batch(batch_index))
+        detections: dict[int, pb.Detections] = {}
+        tiles_done = 0
+        for batch_index, found in detect_in_flight(session.detect_batch, range(session.batch_count), max_in_flight):
+            detections[batch_index] = found
+            tiles_done += session.tiles_in(batch_index)
             if progress:
-                progress(session.tiles_through(batch_index), session.total_tiles)
-        return session.aggregate(detections)
+                progress(tiles_done, session.total_tiles)
+        return session.aggregate([detections[i] for i in range(session.batch_count)])

@@ -4,7 +4,9 @@
 
 Each finished batch is checkpointed with the lease renewed in the same transaction; a worker that
 takes over a job whose previous worker died skips the checkpointed batches, so nothing is lost and
-nothing is counted twice. A job whose lease is lost (cancelled, or taken over) is abandoned.
+nothing is counted twice. A job whose lease is lost (cancelled, or taken over) is abandoned. While
+a service, Triton or S3 is down the job waits (lease renewed) and retries with backoff; past the
+retry budget it fails with the reason, its checkpoints kept for `POST /v1/jobs/{id}/retry`.
 """
 
 from __future__ import annotations
@@ -15,33 +17,74 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
 
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.gateway.jobs import DEFAULT_LEASE_S, Job, JobStore, LeaseLostError, make_engine
-from services.gateway.orchestrate import DEFAULT_TIMEOUT_S, ServiceError, ServiceUrls, SlideSession
+from services.gateway.orchestrate import (
+    DEFAULT_BATCHES_IN_FLIGHT,
+    DEFAULT_TIMEOUT_S,
+    ServiceError,
+    ServiceUrls,
+    SlideSession,
+    detect_in_flight,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5
-RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # transient failures (a service or Triton down) back off, then fail
 
 
-def with_retries(step: Callable[[], T], what: str, delays_s: tuple[float, ...] = RETRY_DELAYS_S) -> T:
-    """Run `step`, retrying transient failures with backoff; the last failure propagates."""
-    for delay in (*delays_s, None):
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a job waits out a transient failure (a service, Triton or S3 down, or busy).
+
+    Delays double from `first_delay_s` up to `max_delay_s`; after `budget_s` of failing, the step
+    fails with the last error. Checkpointed batches are kept either way."""
+
+    budget_s: float = 600.0
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class GaveUpError(RuntimeError):
+    """A transient failure outlasted the retry budget."""
+
+
+def with_retries(
+    step: Callable[[], T],
+    what: str,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    while_waiting: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `step`, retrying transient failures with backoff until the policy's budget is spent.
+
+    `while_waiting` runs before each wait (the worker renews its lease there, so a long outage
+    does not hand the job to another replica). Permanent errors propagate at once."""
+    started = clock()
+    delay = policy.first_delay_s
+    while True:
         try:
             return step()
         except (ServiceError, httpx.TransportError) as e:
-            if delay is None or (isinstance(e, ServiceError) and not e.transient):
+            if isinstance(e, ServiceError) and not e.transient:
                 raise
+            waited = clock() - started
+            if waited + delay > policy.budget_s:
+                raise GaveUpError(f"{what}: still failing after {waited:.0f} s of retries: {e}") from e
             log.warning("%s failed (%s); retrying in %.0f s", what, e, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+            while_waiting()
+            sleep(delay)
+            delay = min(delay * 2, policy.max_delay_s)
 
 
 def run_job(
@@ -51,8 +94,16 @@ def run_job(
     urls: ServiceUrls,
     lease_s: float = DEFAULT_LEASE_S,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> None:
     options = job.options
+    # Waits never outlast half a lease, and the lease is renewed before each one.
+    retry = RetryPolicy(retry.budget_s, min(retry.first_delay_s, lease_s / 2), min(retry.max_delay_s, lease_s / 2))
+
+    def renew() -> None:
+        store.renew(job.id, worker, lease_s)
+
     try:
         with httpx.Client(timeout=timeout_s) as client:
             session = with_retries(
@@ -66,32 +117,46 @@ def run_job(
                     float(options.get("field_diameter_mm", 0.0)),
                 ),
                 "preparing the slide",
+                retry,
+                renew,
             )
-            done = store.checkpoints(job.id)
-            for batch_index in range(session.batch_count):
-                if batch_index in done:
-                    continue
-                found = with_retries(partial(session.detect_batch, batch_index), f"batch {batch_index}")
+            done = set(store.checkpoints(job.id))
+            tiles_done = sum(session.tiles_in(i) for i in done)
+
+            def detect(batch_index: int) -> pb.Detections:
+                return with_retries(lambda: session.detect_batch(batch_index), f"batch {batch_index}", retry, renew)
+
+            todo = [i for i in range(session.batch_count) if i not in done]
+            for batch_index, found in detect_in_flight(detect, todo, max_in_flight):
+                tiles_done += session.tiles_in(batch_index)
                 store.checkpoint(
                     job.id,
                     worker,
                     batch_index,
                     found.SerializeToString(),
-                    session.tiles_through(batch_index),
+                    tiles_done,
                     session.total_tiles,
                     lease_s,
                 )
             payloads = store.checkpoints(job.id)
             detections = [pb.Detections.FromString(payloads[i]) for i in range(session.batch_count)]
-            store.finish(job.id, worker, with_retries(lambda: session.aggregate(detections), "aggregation"))
+            store.finish(
+                job.id, worker, with_retries(lambda: session.aggregate(detections), "aggregation", retry, renew)
+            )
     except LeaseLostError as e:
         log.warning("abandoning job %s: %s", job.id, e)
-    except (ServiceError, httpx.HTTPError) as e:
+    except (ServiceError, GaveUpError, httpx.HTTPError) as e:
         store.fail(job.id, worker, str(e))
 
 
 def run_worker(
-    store: JobStore, worker: str, urls: ServiceUrls, lease_s: float = DEFAULT_LEASE_S, stop_when_idle: bool = False
+    store: JobStore,
+    worker: str,
+    urls: ServiceUrls,
+    lease_s: float = DEFAULT_LEASE_S,
+    stop_when_idle: bool = False,
+    max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> None:
     while True:
         job = store.claim(worker, lease_s)
@@ -101,7 +166,7 @@ def run_worker(
             time.sleep(IDLE_POLL_S)
             continue
         log.info("worker %s runs job %s (attempt %d)", worker, job.id, job.attempts)
-        run_job(store, job, worker, urls, lease_s)
+        run_job(store, job, worker, urls, lease_s, max_in_flight=max_in_flight, retry=retry)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,12 +179,29 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("tiler", "preprocess", "detector", "aggregator"):
         parser.add_argument(f"--{name}", required=True, help=f"base URL of the {name} service")
     parser.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S)
+    parser.add_argument(
+        "--batches-in-flight", type=int, default=DEFAULT_BATCHES_IN_FLIGHT, help="batches on their way at once"
+    )
+    parser.add_argument(
+        "--retry-budget-s",
+        type=float,
+        default=DEFAULT_RETRY.budget_s,
+        help="how long a job waits out a service, Triton or S3 outage before it fails",
+    )
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--stop-when-idle", action="store_true", help="exit when no job is left")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     urls = ServiceUrls(args.tiler, args.preprocess, args.detector, args.aggregator)
-    run_worker(JobStore(make_engine(args.database)), args.name, urls, args.lease_s, args.stop_when_idle)
+    run_worker(
+        JobStore(make_engine(args.database)),
+        args.name,
+        urls,
+        args.lease_s,
+        args.stop_when_idle,
+        args.batches_in_flight,
+        RetryPolicy(budget_s=args.retry_budget_s),
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from services.common.messages import batch_from_message, batch_to_message, stats
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
     message_response,
     read_message,
     service_app,
@@ -26,6 +27,7 @@ from services.preprocess.reinhard import ReinhardNormaliser, stats_from_images
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREPROCESS_")
 
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
@@ -38,14 +40,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
     app = service_app(
         "preprocess",
         "Reinhard colour normalisation with slide-level source statistics. Bodies are "
         "`application/x-protobuf` messages from `proto/mitoscope/v1/pipeline.proto`.",
         ready=lambda: [],
         errors={NormalisationError: (422, "cannot_normalise")},
+        max_concurrent_requests=settings.max_concurrent_requests,
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings
 
     @app.post(
         "/v1/stats",

@@ -24,8 +24,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import objectstore
 from services.common.messages import batch_to_message, plan_to_message
-from services.common.web import message_response, service_app
+from services.common.objectstore import S3Config
+from services.common.web import DEFAULT_MAX_CONCURRENT_REQUESTS, message_response, service_app
 from services.tiler.errors import SlideError, SlideNotFoundError, StorageUnavailableError
 from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from services.tiler.planning import OVERVIEW_MAX_SIDE_PX, SlidePlan, plan_slide
@@ -41,6 +43,7 @@ MAX_TILES_PER_BATCH = 300
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TILER_")
 
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     slide_root: Path = Path("slides")  # local locations must lie under it
     cache_dir: Path = Path(".cache/mitoscope/slides")
     cache_max_bytes: int = 20 * 1024**3
@@ -141,7 +144,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def problems() -> list[str]:
         root = settings.slide_root
-        return [] if root.is_dir() else [f"slide root {root} does not exist"]
+        found = [] if root.is_dir() else [f"slide root {root} does not exist"]
+        if S3Config.configured():  # s3:// slides are served only while the object store answers
+            found += objectstore.problems(S3Config.from_env())
+        return found
 
     app = service_app(
         "tiler",
@@ -154,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             StorageUnavailableError: (503, "storage_unavailable"),
         },
         lifespan=lifespan,
+        max_concurrent_requests=settings.max_concurrent_requests,
     )
     app.state.registry = registry
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +16,7 @@ from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer, free_port
 from services.tiler.grid import Tile
-from tests.conftest import MODEL_PATH, MODEL_REPOSITORY
+from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT, TRITON_VENV
 
 HEADERS = {"content-type": PROTOBUF_CONTENT_TYPE}
 
@@ -62,3 +64,22 @@ def test_detect_through_triton(triton_server: TritonServer, e2e_tiles: np.ndarra
         assert response.status_code == 200, response.text
         found = detections_from_message(pb.Detections.FromString(response.content))
         assert [len(found[i]) for i in range(len(e2e_tiles))] == _expected(e2e_tiles)
+
+
+@pytest.mark.integration
+def test_readiness_turns_red_when_triton_dies_after_serving(e2e_tiles: np.ndarray, tmp_path: Path) -> None:
+    if not TRITON_VENV.exists():
+        pytest.skip("no .venv-triton")
+    server = TritonServer(MODEL_REPOSITORY, TRITON_VENV, REPO_ROOT / ".cache" / "triton", log_path=tmp_path / "t.log")
+    server.start()
+    try:
+        with TestClient(create_app(Settings(backend="triton", triton_url=server.grpc_url))) as client:
+            assert client.get("/health/ready").status_code == 200
+            assert client.post("/v1/detect", content=_request(e2e_tiles[:2]), headers=HEADERS).status_code == 200
+            server.stop()
+            ready = client.get("/health/ready")
+            assert ready.status_code == 503 and server.grpc_url in ready.json()["message"]
+            failed = client.post("/v1/detect", content=_request(e2e_tiles[:2]), headers=HEADERS)
+            assert failed.status_code == 503 and failed.json()["error"] == "inference_server_unavailable"
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from services.gateway.jobs import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    JobStateError,
     JobStore,
     LeaseLostError,
     UnknownJobError,
@@ -77,17 +78,29 @@ def test_cancel_stops_a_running_job(store: JobStore) -> None:
 
 def test_transient_failures_are_retried_with_backoff_then_reported() -> None:
     from services.gateway.orchestrate import ServiceError
-    from services.gateway.worker import with_retries
+    from services.gateway.worker import GaveUpError, RetryPolicy, with_retries
+
+    now = [0.0]
+    waits: list[float] = []
+    renewals: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    def retry(step: Callable[[], str], policy: RetryPolicy) -> str:
+        return with_retries(step, "batch 0", policy, lambda: renewals.append(now[0]), lambda: now[0], sleep)
 
     calls: list[int] = []
 
     def flaky() -> str:
         calls.append(1)
-        if len(calls) < 3:
+        if len(calls) < 4:
             raise ServiceError("detect: HTTP 503: Triton at 127.0.0.1:1 failed", 503)
         return "done"
 
-    assert with_retries(flaky, "batch 0", delays_s=(0.0, 0.0, 0.0)) == "done" and len(calls) == 3
+    assert retry(flaky, RetryPolicy(budget_s=60, first_delay_s=1, max_delay_s=3)) == "done"
+    assert waits == [1, 2, 3] and renewals == [0, 1, 3]  # backoff, capped; the lease renewed before each wait
 
     def fails_with(status: int) -> Callable[[], str]:
         def step() -> str:
@@ -95,7 +108,25 @@ def test_transient_failures_are_retried_with_backoff_then_reported() -> None:
 
         return step
 
+    waits.clear()
     with pytest.raises(ServiceError, match="422"):
-        with_retries(fails_with(422), "x", (0.0,))  # not transient: no retry
-    with pytest.raises(ServiceError, match="503"):
-        with_retries(fails_with(503), "x", (0.0, 0.0))  # retries exhausted
+        retry(fails_with(422), RetryPolicy())  # not transient: no retry
+    assert waits == []
+    now[0] = 0.0
+    with pytest.raises(GaveUpError, match=r"batch 0: still failing after 30 s of retries: detect: HTTP 429"):
+        retry(fails_with(429), RetryPolicy(budget_s=40, first_delay_s=2, max_delay_s=16))  # busy, then budget spent
+    assert waits == [2, 4, 8, 16]
+
+
+def test_a_failed_job_is_retried_with_its_checkpoints(store: JobStore) -> None:
+    job, _ = store.create("case.svs", "m", {})
+    store.claim("w", lease_s=60)
+    store.checkpoint(job.id, "w", 0, b"first", 8, 16)
+    store.fail(job.id, "w", "detect: still failing after 600 s of retries")
+    with pytest.raises(JobStateError):
+        store.requeue(store.create("other.svs", "m", {})[0].id)  # queued, not failed
+    again = store.requeue(job.id)
+    assert again.state == "queued" and again.error is None
+    resumed = store.claim("w2", lease_s=60)
+    assert resumed is not None and resumed.id == job.id and resumed.tiles_done == 8
+    assert store.checkpoints(job.id) == {0: b"first"}

