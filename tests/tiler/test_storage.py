@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from mitoscope.s3server import SeaweedS3
 from mitoscope.synth import SynthParams, make_slide
 from services.detector.triton_server import free_port
 from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
 from services.tiler.slide import open_slide
 from services.tiler.storage import S3Config, SlideCache, fetch_s3, resolve_slide
-from mitoscope.s3server import SeaweedS3
 
 BUCKET = "slides"
 
