@@ -302,19 +302,25 @@ def demo(
 @app.command()
 def up(
     slides: Annotated[Path, typer.Option(help="Slide root shared by the tiler and the gateway.")] = Path("slides"),
+    s3: Annotated[
+        bool, typer.Option("--s3", help="Also start a SeaweedFS S3 server; uploads and results go to it.")
+    ] = False,
 ) -> None:
     """Start the local stack on 127.0.0.1: Triton, tiler, preprocess, detector, aggregator, gateway."""
     from mitoscope.pipeline import REPO_ROOT
     from mitoscope.stack import Stack
+    from services.common.objectstore import ObjectStoreError
     from services.detector.triton_server import TritonServerError
 
-    stack = Stack(REPO_ROOT, slides.resolve(), REPO_ROOT / ".cache" / "stack")
+    stack = Stack(REPO_ROOT, slides.resolve(), REPO_ROOT / ".cache" / "stack", s3=s3)
     if (stack.state_dir / "stack.json").exists():
         raise _fail("the stack is already up (`mitoscope down` stops it)", EXIT_BAD_INPUT)
     try:
-        with console.status("starting Triton and the services"):
+        with console.status(
+            "starting SeaweedFS, Triton and the services" if s3 else "starting Triton and the services"
+        ):
             urls = stack.up()
-    except (TritonServerError, RuntimeError, TimeoutError) as e:
+    except (TritonServerError, RuntimeError, TimeoutError, ObjectStoreError) as e:
         raise _fail(str(e), EXIT_UNAVAILABLE) from None
     for name, url in urls.items():
         print(f"{name:12} {url}")

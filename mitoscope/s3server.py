@@ -212,7 +212,7 @@ class SeaweedS3:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=STOP_TIMEOUT_S)
         if proc is not None:
-            _remove_grpc_sockets(self.ports)
+            remove_grpc_sockets(self.ports)
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
@@ -222,7 +222,7 @@ class SeaweedS3:
         return self._proc.pid if self._proc is not None else None
 
 
-def _remove_grpc_sockets(ports: dict[str, int]) -> None:
+def remove_grpc_sockets(ports: dict[str, int]) -> None:
     """weed also opens `/tmp/seaweedfs-<component>-grpc-<port>.sock` (a fixed directory, no flag
     moves it) and leaves some behind on shutdown; remove those of the ports this server used."""
     for flag, port in ports.items():

@@ -2,7 +2,8 @@
 
 `mitoscope up` starts it and writes `.cache/stack/stack.json` (pids and URLs); `mitoscope down`
 stops what that file names. Every process binds loopback on a free port; logs go to
-`.cache/stack/*.log`.
+`.cache/stack/*.log`. With `s3=True` a SeaweedFS S3 server is started first: uploads go to its
+`mitoscope` bucket and every service reads and writes `s3://` locations there.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from pathlib import Path
 
 import httpx
 
+from mitoscope.s3server import SeaweedS3, remove_grpc_sockets
+from services.common import objectstore
+from services.common.objectstore import S3Config
 from services.detector.triton_server import TritonServer, free_port
 from services.gateway.orchestrate import ServiceUrls
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 SERVICES = ("tiler", "preprocess", "detector", "aggregator", "gateway")
+S3_BUCKET = "mitoscope"
 
 
 def start_service(
@@ -106,19 +111,38 @@ class Stack:
     repo_root: Path
     slide_root: Path
     state_dir: Path
+    s3: bool = False
     urls: dict[str, str] = field(default_factory=dict)
+    s3_config: S3Config | None = None
+
+    def _start_s3(self) -> tuple[int, dict[str, int]]:
+        server = SeaweedS3(self.state_dir / "s3")
+        server.start()
+        self.s3_config = S3Config(server.endpoint, server.access_key, server.secret_key)
+        objectstore.make_bucket(S3_BUCKET, self.s3_config)
+        self.urls["s3"] = f"http://{server.endpoint}"
+        assert server.pid is not None
+        return server.pid, server.ports
 
     def up(self) -> dict[str, str]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.slide_root.mkdir(parents=True, exist_ok=True)
+        pids: dict[str, int] = {}
+        s3_ports: dict[str, int] = {}
+        if self.s3:
+            pids["s3"], s3_ports = self._start_s3()
         triton = TritonServer(
             self.repo_root / "model_repository",
             self.repo_root / ".venv-triton",
             self.repo_root / ".cache" / "triton",
             log_path=self.state_dir / "triton.log",
         )
-        triton.start()
-        pids = {"triton": triton.pid or 0}
+        try:
+            triton.start()
+        except BaseException:
+            self.down(pids, s3_ports)
+            raise
+        pids["triton"] = triton.pid or 0
         env = {
             "TILER_SLIDE_ROOT": str(self.slide_root),
             "TILER_CACHE_DIR": str(self.state_dir / "cache"),
@@ -128,7 +152,12 @@ class Stack:
             "GATEWAY_SLIDE_ROOT": str(self.slide_root),
             "GATEWAY_DATABASE_URL": f"sqlite:///{self.state_dir / 'gateway.db'}",
         }
-        self.urls = {"triton_grpc": triton.grpc_url}
+        if self.s3_config is not None:
+            env |= self.s3_config.env() | {
+                "GATEWAY_UPLOAD_LOCATION": f"s3://{S3_BUCKET}/uploads",
+                "GATEWAY_RESULTS_LOCATION": f"s3://{S3_BUCKET}/results",
+            }
+        self.urls["triton_grpc"] = triton.grpc_url
         try:
             for name in SERVICES:
                 if name == "gateway":
@@ -137,17 +166,19 @@ class Stack:
                 pids[name] = process.pid
                 self.urls[name] = url
         except BaseException:
-            self.down(pids)
+            self.down(pids, s3_ports)
             raise
-        (self.state_dir / "stack.json").write_text(json.dumps({"pids": pids, "urls": self.urls}, indent=1))
+        state = {"pids": pids, "urls": self.urls, "s3_ports": s3_ports}
+        (self.state_dir / "stack.json").write_text(json.dumps(state, indent=1))
         return self.urls
 
-    def down(self, pids: dict[str, int] | None = None) -> list[str]:
+    def down(self, pids: dict[str, int] | None = None, s3_ports: dict[str, int] | None = None) -> list[str]:
         state = self.state_dir / "stack.json"
         if pids is None:
             if not state.exists():
                 return []
-            pids = json.loads(state.read_text())["pids"]
+            saved = json.loads(state.read_text())
+            pids, s3_ports = saved["pids"], saved.get("s3_ports", {})
         stopped = []
         for name, pid in pids.items():
             try:
@@ -168,5 +199,6 @@ class Stack:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        remove_grpc_sockets(s3_ports or {})
         state.unlink(missing_ok=True)
         return stopped

@@ -1,15 +1,22 @@
-"""`mitoscope up` / `down`: the whole local stack on loopback scores a slide over REST."""
+"""`mitoscope up` / `down`: the whole local stack on loopback scores a slide over REST.
+
+With `s3=True` the stack runs on a real S3 server (SeaweedFS): the upload lands in S3, the tiler
+fetches the slide from there, and the aggregator writes the exports back to S3.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.stack import Stack
+from mitoscope.stack import S3_BUCKET, Stack
+from services.common import objectstore
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from tests.conftest import MODEL_PATH, REPO_ROOT, TRITON_VENV
@@ -17,28 +24,75 @@ from tests.conftest import MODEL_PATH, REPO_ROOT, TRITON_VENV
 pytestmark = pytest.mark.integration
 
 
-def test_stack_up_scores_over_rest_and_down_stops_everything(e2e_slide: Path, tmp_path: Path) -> None:
+def _score_over_rest(gateway: str, slide: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    with slide.open("rb") as f:
+        uploaded = httpx.post(f"{gateway}/v1/slides", files={"file": ("case.svs", f)}, timeout=60)
+    assert uploaded.status_code == 201, uploaded.text
+    job = httpx.post(f"{gateway}/v1/jobs", json={"slide_id": uploaded.json()["id"], "options": {"batch_size": 16}})
+    deadline = time.monotonic() + 300
+    while (state := httpx.get(f"{gateway}/v1/jobs/{job.json()['id']}").json())["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    assert state["state"] == "succeeded", state["error"]
+    return uploaded.json(), httpx.get(f"{gateway}/v1/jobs/{state['id']}/result").json()
+
+
+@pytest.fixture(scope="module")
+def local_result(e2e_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
+    result = score_slide(e2e_slide, tmp_path_factory.mktemp("local"), detector, ScoreOptions(batch_size=16))
+    detector.close()
+    return result
+
+
+def _same_detections(remote: dict[str, Any], local: dict[str, Any]) -> None:
+    assert remote["mitosis_count"] == local["mitosis_count"]
+    assert remote["hotspot"]["count"] == local["hotspot"]["count"]
+    for ours, theirs in zip(remote["detections"], local["detections"], strict=True):
+        assert (ours["x_px"], ours["y_px"]) == pytest.approx((theirs["x_px"], theirs["y_px"]), abs=0.5)
+
+
+def test_stack_up_scores_over_rest_and_down_stops_everything(
+    e2e_slide: Path, tmp_path: Path, local_result: dict[str, Any]
+) -> None:
     if not TRITON_VENV.exists():
         pytest.skip("no .venv-triton")
     stack = Stack(REPO_ROOT, tmp_path / "slides", tmp_path / "stack")
     urls = stack.up()
     try:
-        gateway = urls["gateway"]
-        slide = httpx.put(f"{gateway}/v1/slides/case.svs", content=e2e_slide.read_bytes(), timeout=60).json()
-        job = httpx.post(f"{gateway}/v1/jobs", json={"slide_id": slide["id"], "options": {"batch_size": 16}}).json()
-        deadline = time.monotonic() + 300
-        while (state := httpx.get(f"{gateway}/v1/jobs/{job['id']}").json())["state"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, state
-            time.sleep(0.5)
-        assert state["state"] == "succeeded", state["error"]
-        result = httpx.get(f"{gateway}/v1/jobs/{job['id']}/result").json()
+        _, result = _score_over_rest(urls["gateway"], e2e_slide)
         assert "triton" in httpx.get(f"{urls['detector']}/v1/models/yolov5n_mitosis").json()["backend"]
     finally:
         stopped = stack.down()
     assert set(stopped) == {"triton", "tiler", "preprocess", "detector", "aggregator", "gateway"}
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{urls['gateway']}/health/live", timeout=2)
-    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
-    local = score_slide(e2e_slide, tmp_path / "local", detector, ScoreOptions(batch_size=16))
-    detector.close()
-    assert result["mitosis_count"] == local["mitosis_count"]
+    _same_detections(result, local_result)
+
+
+def test_stack_on_s3_stores_the_slide_and_the_exports_in_the_object_store(
+    e2e_slide: Path, tmp_path: Path, local_result: dict[str, Any]
+) -> None:
+    if not TRITON_VENV.exists():
+        pytest.skip("no .venv-triton")
+    stack = Stack(REPO_ROOT, tmp_path / "slides", tmp_path / "stack", s3=True)
+    urls = stack.up()
+    try:
+        config = stack.s3_config
+        assert config is not None
+        slide, result = _score_over_rest(urls["gateway"], e2e_slide)
+        assert slide["location"].startswith(f"s3://{S3_BUCKET}/uploads/")
+        assert not [p for p in (tmp_path / "slides").rglob("*") if p.is_file()]  # no local copy kept
+        assert objectstore.stat(slide["location"], config).size_bytes == e2e_slide.stat().st_size
+        for service in ("tiler", "aggregator", "gateway"):
+            assert httpx.get(f"{urls[service]}/health/ready").status_code == 200
+        exports = result["exports"]
+        assert set(exports) == {"result.json", "result.geojson", "result.csv"}
+        stored = json.loads(b"".join(objectstore.chunks(exports["result.json"], config)))
+        assert stored["mitosis_count"] == result["mitosis_count"]
+        csv_rows = b"".join(objectstore.chunks(exports["result.csv"], config)).decode().strip().splitlines()
+        assert len(csv_rows) == 1 + result["mitosis_count"]
+    finally:
+        stopped = stack.down()
+    assert "s3" in stopped
+    _same_detections(result, local_result)

@@ -3,24 +3,29 @@
     uvicorn services.aggregator.app:create_app --factory --host 127.0.0.1 --port 8104
 
 Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers the
-public JSON result; the GeoJSON / CSV renderings of that result are one call away.
+public JSON result; the GeoJSON / CSV renderings of that result are one call away. With an
+`output_location` it also writes result.json, .geojson and .csv there (S3, or a folder under
+`AGGREGATOR_OUTPUT_ROOT`) and names them under "exports" in the answer.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.aggregator.errors import GradingParameterError
-from services.aggregator.exports import geojson_document
+from services.aggregator.errors import ExportLocationError, GradingParameterError
+from services.aggregator.exports import geojson_document, publish
 from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
+from services.common import objectstore
 from services.common.messages import MessageError, detections_from_message, plan_from_message
+from services.common.objectstore import S3Config
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
@@ -35,6 +40,7 @@ class Settings(BaseSettings):
 
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    output_root: Path = Path("results")  # local output locations must lie under it
 
 
 def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
@@ -69,15 +75,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "aggregator",
         "Merges tile detections (no double counting in overlaps), counts, finds the "
         "10-HPF hotspot and gives the Nottingham mitotic score.",
-        ready=lambda: [],
-        errors={GradingParameterError: (422, "bad_grading_parameter")},
+        ready=lambda: objectstore.problems(S3Config.from_env()) if S3Config.configured() else [],
+        errors={
+            GradingParameterError: (422, "bad_grading_parameter"),
+            ExportLocationError: (422, "bad_output_location"),
+            objectstore.NoSuchObjectError: (422, "bad_output_location"),
+            objectstore.ObjectStoreUnavailableError: (503, "storage_unavailable"),
+        },
         max_concurrent_requests=settings.max_concurrent_requests,
     )
 
     @app.post("/v1/aggregate", summary="The slide result (JSON) from the plan and all detections", tags=["aggregator"])
     async def aggregate_route(request: Request) -> dict[str, Any]:
         message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
-        return await run_in_threadpool(aggregate, message)
+        result = await run_in_threadpool(aggregate, message)
+        if not message.output_location:
+            return result
+        written = await run_in_threadpool(publish, result, message.output_location, settings.output_root)
+        return {**result, "exports": written}
 
     @app.post(
         "/v1/aggregate.geojson",

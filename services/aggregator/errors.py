@@ -1,7 +1,8 @@
 """Errors of the aggregator service.
 
 AggregatorError
- └── GradingParameterError   an unsupported field diameter or window (HTTP 422)
+ ├── GradingParameterError   an unsupported field diameter or window (HTTP 422)
+ └── ExportLocationError     an output location the aggregator may not write (HTTP 422)
 """
 
 from __future__ import annotations
@@ -13,3 +14,7 @@ class AggregatorError(Exception):
 
 class GradingParameterError(AggregatorError):
     """A grading parameter (e.g. the microscope's field diameter) is not supported."""
+
+
+class ExportLocationError(AggregatorError):
+    """The output location is outside the aggregator's output root or not a valid S3 prefix."""

@@ -6,6 +6,7 @@ All coordinates are level-0 pixels with the origin at the top-left, as QuPath ex
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from services.aggregator.errors import ExportLocationError
+from services.common import objectstore
+from services.common.objectstore import S3Config, is_s3_uri
 
 CSV_COLUMNS = (
     "id",
@@ -107,11 +112,55 @@ def detection_rows(result: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def csv_text(result: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(detection_rows(result))
+    return out.getvalue()
+
+
 def write_csv(result: dict[str, Any], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(detection_rows(result))
+    path.write_text(csv_text(result), newline="")
+
+
+def documents(result: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
+    """The text exports of a result by file name, with their media types."""
+    return {
+        "result.json": (json.dumps(result, indent=1).encode(), "application/json"),
+        "result.geojson": (json.dumps(geojson_document(result)).encode(), "application/geo+json"),
+        "result.csv": (csv_text(result).encode(), "text/csv"),
+    }
+
+
+def publish(result: dict[str, Any], location: str, local_root: Path) -> dict[str, str]:
+    """Write the text exports to `location` (s3://bucket/prefix, or a folder under `local_root`).
+
+    Returns where each one went. S3 objects are written one by one, result.json last, so a reader
+    that waits for result.json finds the others complete."""
+    written: dict[str, str] = {}
+    docs = documents(result)
+    order = [*(name for name in docs if name != "result.json"), "result.json"]
+    if is_s3_uri(location):
+        config = S3Config.from_env()
+        for name in order:
+            data, media_type = docs[name]
+            uri = f"{location.rstrip('/')}/{name}"
+            objectstore.put_bytes(uri, data, media_type, config)
+            written[name] = uri
+        return written
+    root = local_root.resolve()
+    folder = (root / location).resolve()
+    if not folder.is_relative_to(root):
+        raise ExportLocationError(f"{location}: outside the aggregator's output root; give a relative folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in order:
+        path = folder / name
+        tmp = path.with_name(f".{name}.partial")
+        tmp.write_bytes(docs[name][0])
+        tmp.replace(path)
+        written[name] = str(path)
+    return written
 
 
 def render_overview(result: dict[str, Any], thumbnail: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

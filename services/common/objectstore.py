@@ -202,6 +202,14 @@ def list_objects(prefix_uri: str, config: S3Config) -> list[ObjectInfo]:
         ]
 
 
+def make_bucket(bucket: str, config: S3Config) -> None:
+    """Create `bucket` unless it exists."""
+    with _Translated(f"s3://{bucket}", config):
+        s3 = client(config)
+        if not s3.bucket_exists(bucket):
+            s3.make_bucket(bucket)
+
+
 def problems(config: S3Config) -> list[str]:
     """What keeps the object store from serving now (empty when it answers), for readiness."""
     quick = S3Config(

@@ -2,18 +2,17 @@
 
     GATEWAY_TILER_URL=... uvicorn services.gateway.app:create_app --factory --host 127.0.0.1 --port 8100
 
-Slides are uploaded (streamed into the slide root, size-limited, SHA-256 recorded) or registered
-by location (`s3://...` or a path under the slide root). Jobs are durable rows in the job store;
+Slides are uploaded (multipart, streamed to disk, size-limited, SHA-256 recorded, then kept under
+the slide root or put in S3 when `GATEWAY_UPLOAD_LOCATION` is an `s3://` prefix) or registered by
+location (`s3://...` or a path under the slide root). Jobs are durable rows in the job store;
 the gateway runs `worker_threads` workers itself (0 when separate worker processes do the work).
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import hashlib
-import io
 import json
+import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -27,11 +26,13 @@ import httpx
 import numpy as np
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
 
-from services.aggregator.exports import CSV_COLUMNS, detection_rows, geojson_document, render_overview
+from services.aggregator.exports import csv_text, geojson_document, render_overview
+from services.common import objectstore
+from services.common.objectstore import S3Config, is_s3_uri, parse_s3_uri
 from services.common.web import service_app
 from services.gateway.jobs import (
     FINAL_STATES,
@@ -43,10 +44,10 @@ from services.gateway.jobs import (
     make_engine,
 )
 from services.gateway.orchestrate import DEFAULT_BATCHES_IN_FLIGHT, ServiceUrls
+from services.gateway.uploads import UploadError, UploadTooLargeError, receive_multipart
 from services.gateway.worker import DEFAULT_RETRY, RetryPolicy, run_worker
 
 MAX_UPLOAD_BYTES = 20 * 1024**3
-UPLOAD_CHUNK_BYTES = 8 * 1024**2
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".dcm", ".vms", ".vmu", ".bif", ".zip")
 EVENT_POLL_S = 0.5
 
@@ -57,6 +58,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///mitoscope-gateway.db"
     slide_root: Path = Path("slides")
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    upload_location: str = Field(default="", description="s3://bucket/prefix for uploads; empty: the slide root")
     tiler_url: str = "http://127.0.0.1:8101"
     preprocess_url: str = "http://127.0.0.1:8102"
     detector_url: str = "http://127.0.0.1:8103"
@@ -65,14 +67,17 @@ class Settings(BaseSettings):
     worker_threads: int = 1
     batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT
     retry_budget_s: float = DEFAULT_RETRY.budget_s
+    results_location: str = Field(
+        default="", description="s3://bucket/prefix where each job's exports are written, under its id"
+    )
 
 
 class BadRequestError(ValueError):
     """The request cannot be served as sent (HTTP 400)."""
 
 
-class UploadTooLargeError(ValueError):
-    """An upload exceeds the size limit (HTTP 413)."""
+class UnsupportedMediaTypeError(ValueError):
+    """The body is of a media type the endpoint does not take (HTTP 415)."""
 
 
 class UnknownSlideError(LookupError):
@@ -113,6 +118,26 @@ class JobOptions(BaseModel):
     mpp_um_per_px: float | None = Field(default=None, gt=0, le=4, description="only for slides without MPP")
     batch_size: int = Field(default=150, ge=1, le=300)
     field_diameter_mm: float = Field(default=0.55, gt=0)
+    output_location: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix (or a folder under the aggregator's output root) for result.json, "
+        ".geojson and .csv; by default the gateway's results location",
+    )
+
+    @field_validator("output_location")
+    @classmethod
+    def _plain_location(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if is_s3_uri(value):
+            try:
+                parse_s3_uri(value, key_required=False)
+            except objectstore.NoSuchObjectError as e:
+                raise ValueError(str(e)) from e
+            return value
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError("give s3://bucket/prefix or a relative folder without '..'")
+        return value
 
 
 class CreateJob(BaseModel):
@@ -179,6 +204,7 @@ class Gateway:
                 stop_when_idle=True,
                 max_in_flight=self.settings.batches_in_flight,
                 retry=RetryPolicy(budget_s=self.settings.retry_budget_s),
+                results_location=self.settings.results_location,
             )
             self._stop.wait(EVENT_POLL_S)
 
@@ -187,6 +213,50 @@ class Gateway:
         for thread in self._threads:
             thread.join(timeout=5)
         self.engine.dispose()
+
+    def register(self, body: RegisterSlide) -> SlideOut:
+        if is_s3_uri(body.location):
+            try:
+                found = objectstore.stat(body.location, S3Config.from_env())
+            except objectstore.NoSuchObjectError as e:
+                raise BadRequestError(f"{body.location}: no such object; upload it, or check the key") from e
+            size: int | None = found.size_bytes
+        else:
+            root = self.settings.slide_root.resolve()
+            path = (root / body.location).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                raise BadRequestError(f"{body.location}: not a file under the slide root; upload it instead")
+            size = path.stat().st_size
+        return self.add_slide(body.name or body.location.rsplit("/", 1)[-1], body.location, None, size)
+
+    async def upload(self, content_type: str, body: AsyncIterator[bytes], expected_sha256: str | None) -> SlideOut:
+        """Stream an upload to disk, check it, then keep it under the slide root or put it in S3."""
+        folder_id = uuid.uuid4().hex
+        folder = self.settings.slide_root / "uploads" / folder_id
+        folder.mkdir(parents=True)
+        try:  # one clean-up for every way an upload can end early, a dropped connection included
+            received = await receive_multipart(content_type, body, folder, self.settings.max_upload_bytes)
+            if not received.name.lower().endswith(SLIDE_SUFFIXES):
+                raise BadRequestError(
+                    f"{received.name!r}: not a slide file name; use one ending in {', '.join(SLIDE_SUFFIXES)}"
+                )
+            if received.size_bytes == 0:
+                raise BadRequestError(f"{received.name}: empty upload")
+            if expected_sha256 and expected_sha256.lower() != received.sha256:
+                raise BadRequestError(
+                    f"{received.name}: checksum mismatch (sent {expected_sha256}, received {received.sha256})"
+                )
+            final = received.path.with_name(received.name)
+            received.path.rename(final)
+            location = str(final.relative_to(self.settings.slide_root))
+            if self.settings.upload_location:
+                location = f"{self.settings.upload_location.rstrip('/')}/{folder_id}/{received.name}"
+                await asyncio.to_thread(objectstore.put_file, location, final, S3Config.from_env())
+                shutil.rmtree(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.add_slide(received.name, location, received.sha256, received.size_bytes)
 
     def add_slide(self, name: str, location: str, sha256: str | None, size_bytes: int | None) -> SlideOut:
         from datetime import UTC, datetime
@@ -250,7 +320,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ready=lambda: [] if settings.slide_root.is_dir() else [f"slide root {settings.slide_root} is missing"],
         errors={
             BadRequestError: (400, "bad_request"),
+            UploadError: (400, "bad_upload"),
             UploadTooLargeError: (413, "upload_too_large"),
+            UnsupportedMediaTypeError: (415, "unsupported_media_type"),
+            objectstore.ObjectStoreUnavailableError: (503, "storage_unavailable"),
             UnknownSlideError: (404, "unknown_slide"),
             UnknownJobError: (404, "unknown_job"),
             ResultNotReadyError: (409, "result_not_ready"),
@@ -260,46 +333,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
 
-    @app.post("/v1/slides", status_code=201, summary="Register a slide by location (JSON)", tags=["slides"])
-    def register(body: RegisterSlide, gateway: GatewayDep) -> SlideOut:
-        if not body.location.startswith("s3://"):
-            root = settings.slide_root.resolve()
-            path = (root / body.location).resolve()
-            if not path.is_relative_to(root) or not path.is_file():
-                raise BadRequestError(f"{body.location}: not a file under the slide root; upload it instead")
-        return gateway.add_slide(body.name or body.location.rsplit("/", 1)[-1], body.location, None, None)
-
-    @app.put("/v1/slides/{name}", status_code=201, summary="Upload a slide (raw body, streamed)", tags=["slides"])
-    async def upload(name: str, request: Request, gateway: GatewayDep) -> SlideOut:
-        if Path(name).name != name or not name.lower().endswith(SLIDE_SUFFIXES):
-            raise BadRequestError(f"{name!r}: give a plain file name ending in one of {', '.join(SLIDE_SUFFIXES)}")
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > settings.max_upload_bytes:
-            raise UploadTooLargeError(f"{name}: {declared} bytes exceed the limit of {settings.max_upload_bytes}")
-        folder = settings.slide_root / "uploads" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        partial = folder / f"{name}.partial"
-        digest, size = hashlib.sha256(), 0
-        try:  # one clean-up for every way an upload can end early, a dropped connection included
-            with partial.open("wb") as f:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > settings.max_upload_bytes:
-                        raise UploadTooLargeError(f"{name}: more than {settings.max_upload_bytes} bytes")
-                    digest.update(chunk)
-                    f.write(chunk)
-            if size == 0:
-                raise BadRequestError(f"{name}: empty upload")
-            expected = request.headers.get("x-content-sha256")
-            if expected and expected.lower() != digest.hexdigest():
-                raise BadRequestError(f"{name}: checksum mismatch (sent {expected}, received {digest.hexdigest()})")
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            folder.rmdir()
-            raise
-        partial.rename(folder / name)
-        location = str((folder / name).relative_to(settings.slide_root))
-        return gateway.add_slide(name, location, digest.hexdigest(), size)
+    @app.post(
+        "/v1/slides",
+        status_code=201,
+        summary="Upload a slide (multipart/form-data, field `file`) or register one by location (JSON)",
+        tags=["slides"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                    "application/json": {"schema": RegisterSlide.model_json_schema()},
+                },
+            }
+        },
+    )
+    async def add_slide(request: Request, gateway: GatewayDep) -> SlideOut:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/json"):
+            try:
+                body = RegisterSlide.model_validate_json(await request.body())
+            except ValidationError as e:
+                raise BadRequestError(f"registration: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+            return await asyncio.to_thread(gateway.register, body)
+        if content_type.startswith("multipart/form-data"):
+            declared = request.headers.get("content-length")
+            if declared is not None and int(declared) > settings.max_upload_bytes:
+                raise UploadTooLargeError(f"{declared} bytes exceed the upload limit of {settings.max_upload_bytes}")
+            return await gateway.upload(content_type, request.stream(), request.headers.get("x-content-sha256"))
+        raise UnsupportedMediaTypeError(
+            f"send the slide as multipart/form-data (curl -F file=@slide.svs) or register it with "
+            f'application/json {{"location": ...}}, not {content_type or "no content type"}'
+        )
 
     @app.get("/v1/slides", summary="Slides, newest first", tags=["slides"])
     def list_slides(gateway: GatewayDep) -> list[SlideOut]:
@@ -405,12 +476,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}/result.csv", summary="One row per mitosis", tags=["results"], response_class=Response)
     def result_csv(job_id: str, gateway: GatewayDep) -> Response:
-        result = gateway.result(job_id)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(detection_rows(result))
-        return Response(out.getvalue(), media_type="text/csv")
+        return Response(csv_text(gateway.result(job_id)), media_type="text/csv")
 
     @app.get(
         "/v1/jobs/{job_id}/overview.png",

@@ -73,6 +73,7 @@ class SlideSession:
         mpp_um_per_px: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         field_diameter_mm: float = 0.0,
+        output_location: str = "",
     ) -> None:
         self.client, self.urls, self.model, self.batch_size = client, urls, model, batch_size
         described = _check(client.get(f"{urls.detector}/v1/models/{model}"), "detector model").json()
@@ -101,6 +102,7 @@ class SlideSession:
             plan=self.plan,
             class_names=described["class_names"],
             field_diameter_mm=field_diameter_mm,
+            output_location=output_location,
         )
 
     def tiles_in(self, batch_index: int) -> int:

@@ -96,8 +96,14 @@ def run_job(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
     retry: RetryPolicy = DEFAULT_RETRY,
+    results_location: str = "",
 ) -> None:
+    """Score one claimed job; its exports go to its `output_location` option, else under
+    `results_location`/<job id> when that is set, else only into the job store."""
     options = job.options
+    output_location = options.get("output_location") or (
+        f"{results_location.rstrip('/')}/{job.id}" if results_location else ""
+    )
     # Waits never outlast half a lease, and the lease is renewed before each one.
     retry = RetryPolicy(retry.budget_s, min(retry.first_delay_s, lease_s / 2), min(retry.max_delay_s, lease_s / 2))
 
@@ -115,6 +121,7 @@ def run_job(
                     options.get("mpp_um_per_px"),
                     int(options.get("batch_size", 150)),
                     float(options.get("field_diameter_mm", 0.0)),
+                    output_location,
                 ),
                 "preparing the slide",
                 retry,
@@ -157,6 +164,7 @@ def run_worker(
     stop_when_idle: bool = False,
     max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
     retry: RetryPolicy = DEFAULT_RETRY,
+    results_location: str = "",
 ) -> None:
     while True:
         job = store.claim(worker, lease_s)
@@ -166,7 +174,16 @@ def run_worker(
             time.sleep(IDLE_POLL_S)
             continue
         log.info("worker %s runs job %s (attempt %d)", worker, job.id, job.attempts)
-        run_job(store, job, worker, urls, lease_s, max_in_flight=max_in_flight, retry=retry)
+        run_job(
+            store,
+            job,
+            worker,
+            urls,
+            lease_s,
+            max_in_flight=max_in_flight,
+            retry=retry,
+            results_location=results_location,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_RETRY.budget_s,
         help="how long a job waits out a service, Triton or S3 outage before it fails",
     )
+    parser.add_argument(
+        "--results-location", default="", help="s3://bucket/prefix (or aggregator folder) for each job's exports"
+    )
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--stop-when-idle", action="store_true", help="exit when no job is left")
     args = parser.parse_args(argv)
@@ -201,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         args.stop_when_idle,
         args.batches_in_flight,
         RetryPolicy(budget_s=args.retry_budget_s),
+        args.results_location,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from fastapi.testclient import TestClient
 
-from services.aggregator.app import create_app
+from services.aggregator.app import Settings, create_app
 from services.aggregator.merge import merge_tile_detections
 from services.aggregator.result import summarise
 from services.common.messages import PROTOBUF_CONTENT_TYPE, detections_to_message, plan_to_message
@@ -62,3 +65,23 @@ def test_aggregate_refuses_inconsistent_input() -> None:
         request.field_diameter_mm = 0.52
         bad = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert bad.status_code == 422 and bad.json()["error"] == "bad_grading_parameter"
+
+
+def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
+    request, _, _, _ = _case()
+    request.output_location = "jobs/42"
+    with TestClient(create_app(Settings(output_root=tmp_path))) as client:
+        response = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        folder = tmp_path / "jobs" / "42"
+        assert result["exports"] == {
+            name: str(folder / name) for name in ("result.geojson", "result.csv", "result.json")
+        }
+        written = json.loads((folder / "result.json").read_text())
+        assert written["mitosis_count"] == result["mitosis_count"] and "exports" not in written
+        assert len((folder / "result.csv").read_text().strip().splitlines()) == 1 + result["mitosis_count"]
+        request.output_location = "../../elsewhere"
+        outside = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        assert outside.status_code == 422 and outside.json()["error"] == "bad_output_location"
+        assert not (tmp_path.parent.parent / "elsewhere").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -47,8 +48,10 @@ def test_upload_score_and_fetch_the_result_over_rest(e2e_slide: Path, tmp_path: 
         )
         with TestClient(create_app(settings)) as client:
             body = e2e_slide.read_bytes()
-            uploaded = client.put(
-                "/v1/slides/case.svs", content=body, headers={"x-content-sha256": hashlib.sha256(body).hexdigest()}
+            uploaded = client.post(
+                "/v1/slides",
+                files={"file": ("case.svs", body, "application/octet-stream")},
+                headers={"x-content-sha256": hashlib.sha256(body).hexdigest()},
             )
             assert uploaded.status_code == 201, uploaded.text
             slide = uploaded.json()
@@ -76,11 +79,34 @@ def test_upload_score_and_fetch_the_result_over_rest(e2e_slide: Path, tmp_path: 
             assert client.get("/v1/jobs/nope/result").json()["error"] == "unknown_job"
             assert client.post("/v1/jobs", json={"slide_id": "nope"}).status_code == 404
             assert client.post("/v1/slides", json={"location": "../outside.svs"}).status_code == 400
-            mismatch = client.put("/v1/slides/x.svs", content=b"abc", headers={"x-content-sha256": "0" * 64})
+            mismatch = client.post(
+                "/v1/slides", files={"file": ("x.svs", b"abc")}, headers={"x-content-sha256": "0" * 64}
+            )
             assert mismatch.status_code == 400 and "checksum mismatch" in mismatch.json()["message"]
-            assert client.put("/v1/slides/notes.txt", content=b"abc").status_code == 400
-            huge = client.put("/v1/slides/big.svs", content=b"\0" * (51 * 1024 * 1024))
+            assert client.post("/v1/slides", files={"file": ("notes.txt", b"abc")}).status_code == 400
+            no_file = client.post("/v1/slides", files={"other": ("x.svs", b"abc")})
+            assert no_file.status_code == 400 and "-F file=@" in no_file.json()["message"]
+            broken = client.post(
+                "/v1/slides",
+                content=b"--zz\r\nnot headers",
+                headers={"content-type": "multipart/form-data; boundary=zz"},
+            )
+            assert broken.status_code == 400 and broken.json()["error"] == "bad_upload"
+            wrong_type = client.post("/v1/slides", content=b"abc", headers={"content-type": "image/tiff"})
+            assert wrong_type.status_code == 415 and "multipart/form-data" in wrong_type.json()["message"]
+            huge = client.post("/v1/slides", files={"file": ("big.svs", b"\0" * (51 * 1024 * 1024))})
             assert huge.status_code == 413
+
+            def chunked() -> Iterator[bytes]:  # no content-length: refused at the chunk that crosses the limit
+                yield b'--zz\r\nContent-Disposition: form-data; name="file"; filename="big.svs"\r\n\r\n'
+                for _ in range(60):
+                    yield b"\0" * (1024 * 1024)
+                yield b"\r\n--zz--\r\n"
+
+            streamed = client.post(
+                "/v1/slides", content=chunked(), headers={"content-type": "multipart/form-data; boundary=zz"}
+            )
+            assert streamed.status_code == 413 and streamed.json()["error"] == "upload_too_large"
             assert client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/events"]
 
     detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
@@ -91,5 +117,5 @@ def test_upload_score_and_fetch_the_result_over_rest(e2e_slide: Path, tmp_path: 
         local["detections"]
     )
     assert len(csv_lines) == 1 + local["mitosis_count"]
-    leftovers = [p for p in slides.rglob("*") if p.name.endswith(".partial")]
-    assert not leftovers
+    uploads = [p.name for p in (slides / "uploads").rglob("*") if p.is_file()]
+    assert uploads == ["case.svs"]  # what failed left nothing behind
