@@ -117,7 +117,7 @@ def score(
     from services.tiler.errors import StorageUnavailableError, TilerError
     from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
 
-    cache_root = Path(os.environ.get("MITOSCOPE_CACHE_DIR", Path.home() / ".cache" / "mitoscope")) / "slides"
+    cache_root = _cache_dir()
     options = ScoreOptions(
         mpp_override_um_per_px=mpp,
         batch_size=batch_size,
@@ -337,9 +337,14 @@ def down() -> None:
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
+def _cache_dir() -> Path:
+    """Where s3:// slides are cached for OpenSlide (bounded, content-addressed)."""
+    return Path(os.environ.get("MITOSCOPE_CACHE_DIR", Path.home() / ".cache" / "mitoscope")) / "slides"
+
+
 @app.command()
 def watch(
-    folder: Annotated[Path, typer.Argument(help="Folder the scanner writes slides into.")],
+    location: Annotated[str, typer.Argument(help="Folder the scanner writes slides into, or s3://bucket/prefix.")],
     model: Annotated[str, typer.Option(help="Model name, 'ensemble', or an .onnx file.")] = "yolov5n_mitosis",
     backend: Annotated[BackendChoice, typer.Option(help="In-process ONNX Runtime or a Triton server.")] = (
         BackendChoice.onnxruntime
@@ -347,33 +352,44 @@ def watch(
     triton_url: Annotated[str, typer.Option(help="Triton gRPC address (host:port).")] = DEFAULT_TRITON_URL,
     poll_s: Annotated[float, typer.Option(min=0.1, help="Seconds between looks at the folder.")] = 2.0,
     settle_s: Annotated[
-        float, typer.Option(min=0.0, help="Seconds a file must stay unchanged to count as written.")
+        float, typer.Option(min=0.0, help="Seconds a file must stay unchanged to count as written (folders).")
     ] = 5.0,
     once: Annotated[bool, typer.Option(help="Score what is there now and exit.")] = False,
 ) -> None:
-    """Score every new slide that lands in FOLDER; results go next to each slide (<slide>.mitoscope/)."""
+    """Score every new slide in a folder or S3 prefix, once per content (SHA-256).
+
+    Results go next to each slide (<slide>.mitoscope/), failures into <slide>.mitoscope.error.txt.
+    For s3:// the endpoint and keys come from MITOSCOPE_S3_ENDPOINT / _ACCESS_KEY / _SECRET_KEY.
+    """
     import time
 
-    from mitoscope.watch import FolderWatcher
+    from mitoscope.watch import InProcessScorer, Watcher, describe, open_source
+    from services.common.objectstore import ObjectStoreError, is_s3_uri
     from services.detector.detector import open_detector
     from services.detector.errors import DetectorError
 
-    if not folder.is_dir():
-        raise _fail(f"{folder}: no such folder", EXIT_BAD_INPUT)
+    if not is_s3_uri(location) and not Path(location).is_dir():
+        raise _fail(f"{location}: no such folder", EXIT_BAD_INPUT)
     try:
+        source = open_source(location, 0.0 if once else settle_s, _cache_dir())
         detector = open_detector(model, backend.value, _model_repository(), triton_url)
-    except DetectorError as e:
+    except (DetectorError, ObjectStoreError) as e:
         raise _fail(str(e), EXIT_BAD_INPUT) from None
-    watcher = FolderWatcher(folder, detector, settle_s=0.0 if once else settle_s)
-    console.print(f"watching {folder} (Ctrl-C to stop)" if not once else f"scoring the slides in {folder}")
+    watcher = Watcher(source, InProcessScorer(detector))
+    console.print(f"watching {location} (Ctrl-C to stop)" if not once else f"scoring the slides in {location}")
     looks = 0
     try:
         while True:
-            for path in watcher.poll():
-                error = path.with_name(path.name + ".mitoscope.error.txt")
-                console.print(f"{path.name}: " + (f"[red]failed[/], see {error.name}" if error.exists() else "scored"))
+            try:
+                handled = watcher.poll()
+            except ObjectStoreError as e:  # the store is down: say so and look again later
+                console.print(f"[yellow]{e}[/]")
+                handled = []
+            for slide in handled:
+                entry = next(e for e in source.load_ledger().values() if e["slide"] == slide.name)
+                console.print(f"{slide.name}: {describe(entry)}")
             looks += 1
-            if once and looks == 2:  # the first look only notes each file's size; the second scores
+            if once and (looks == 2 or is_s3_uri(location)):  # a folder's first look only notes sizes
                 break
             time.sleep(0 if once else poll_s)
     finally:

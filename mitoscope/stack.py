@@ -31,6 +31,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 SERVICES = ("tiler", "preprocess", "detector", "aggregator", "gateway")
 S3_BUCKET = "mitoscope"
+WATCH_FOLDER = "inbox"  # under the slide root, or the S3 bucket with --s3
 
 
 def start_service(
@@ -151,11 +152,17 @@ class Stack:
             "DETECTOR_MODEL_REPOSITORY": str(self.repo_root / "model_repository"),
             "GATEWAY_SLIDE_ROOT": str(self.slide_root),
             "GATEWAY_DATABASE_URL": f"sqlite:///{self.state_dir / 'gateway.db'}",
+            # New slides dropped into <slide root>/inbox are scored; results land next to them.
+            "GATEWAY_WATCH_LOCATION": WATCH_FOLDER,
+            "GATEWAY_WATCH_POLL_S": "2",
+            "GATEWAY_WATCH_SETTLE_S": "2",
+            "AGGREGATOR_OUTPUT_ROOT": str(self.slide_root),
         }
         if self.s3_config is not None:
             env |= self.s3_config.env() | {
                 "GATEWAY_UPLOAD_LOCATION": f"s3://{S3_BUCKET}/uploads",
                 "GATEWAY_RESULTS_LOCATION": f"s3://{S3_BUCKET}/results",
+                "GATEWAY_WATCH_LOCATION": f"s3://{S3_BUCKET}/{WATCH_FOLDER}",
             }
         self.urls["triton_grpc"] = triton.grpc_url
         try:

@@ -1,10 +1,15 @@
-"""Batch scoring of scanner output: score every new, fully written slide that lands in a folder.
+"""Batch scoring of scanner output: score every new, fully written slide in a folder or S3 prefix.
 
-A file counts as fully written once its size and modification time have not changed for
-`settle_s` seconds. Slides are identified by content (SHA-256), so the same slide copied twice or
-renamed is scored once; the ledger (`.mitoscope-watch.json` in the folder) remembers what was done.
-Results go next to the slide (`<slide>.mitoscope/`); a failure writes `<slide>.mitoscope.error.txt`
-with the reason and is not retried until the file changes.
+A *source* lists the slides that are completely written: in a folder, a file whose size and
+modification time have not changed for `settle_s` seconds; under an S3 prefix, every object (S3
+makes an object visible only once its upload completed). Slides are identified by content
+(SHA-256), so the same slide copied twice or renamed is scored once; the ledger
+(`.mitoscope-watch.json` in the folder or under the prefix) remembers what was done.
+Results go next to the slide (`<slide>.mitoscope/`); a failure writes
+`<slide>.mitoscope.error.txt` with the reason and is not retried until the slide changes.
+
+A *scorer* does the scoring: `InProcessScorer` here and now (`mitoscope watch`), or the gateway's
+job scorer, which turns each slide into one durable job (`GATEWAY_WATCH_LOCATION`).
 """
 
 from __future__ import annotations
@@ -12,94 +17,262 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mitoscope.pipeline import ScoreOptions, score_slide
 from services.aggregator.errors import AggregatorError
+from services.common import objectstore
+from services.common.objectstore import ObjectStoreError, S3Config, is_s3_uri
 from services.detector.detector import Detector
 from services.detector.errors import DetectorError
 from services.preprocess.errors import PreprocessError
 from services.tiler.errors import TilerError
+from services.tiler.storage import SlideCache, fetch_s3
 
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = ".mitoscope-watch.json"
+RESULTS_SUFFIX = ".mitoscope"
+ERROR_SUFFIX = ".mitoscope.error.txt"
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".dcm", ".vms", ".bif")
 DEFAULT_SETTLE_S = 5.0
 DEFAULT_POLL_S = 2.0
+DEFAULT_CACHE_DIR = Path(".cache/mitoscope/slides")
+SCORED, FAILED, QUEUED = "scored", "failed", "queued"
+
+Ledger = dict[str, dict[str, str]]  # sha256 -> {"slide", "state", "version", "error", "job", "duplicates"}
+ScoreInto = Callable[[Path, Path], None]  # score the local slide file into the results folder
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class WrittenSlide:
+    name: str
+    location: str  # a local path, or s3://bucket/key
+    version: str  # changes whenever the slide is rewritten (size and mtime, or the ETag)
+
+
+class SlideSource(Protocol):
+    def slides(self) -> list[WrittenSlide]: ...
+    def sha256(self, slide: WrittenSlide) -> str: ...
+    def load_ledger(self) -> Ledger: ...
+    def save_ledger(self, ledger: Ledger) -> None: ...
+    def write_error(self, slide: WrittenSlide, message: str) -> None: ...
+    def clear_error(self, slide: WrittenSlide) -> None: ...
+    def results_location(self, slide: WrittenSlide) -> str: ...
+    def score_into_place(self, slide: WrittenSlide, score: ScoreInto) -> None: ...
+
+
+def _is_slide(name: str) -> bool:
+    return name.lower().endswith(SLIDE_SUFFIXES)
 
 
 @dataclass
-class FolderWatcher:
+class FolderSource:
     folder: Path
-    detector: Detector
-    options: ScoreOptions = field(default_factory=ScoreOptions)
     settle_s: float = DEFAULT_SETTLE_S
     clock: Callable[[], float] = time.monotonic
-    _seen: dict[Path, tuple[int, float, float]] = field(default_factory=dict)  # size, mtime, first seen stable
+    _seen: dict[Path, tuple[int, int, float]] = field(default_factory=dict)  # size, mtime, first seen stable
 
     @property
     def ledger_path(self) -> Path:
         return self.folder / LEDGER_NAME
 
-    def _ledger(self) -> dict[str, dict[str, str]]:
+    def _settled(self, path: Path) -> str | None:
+        stat = path.stat()
+        now = self.clock()
+        size, mtime = stat.st_size, stat.st_mtime_ns
+        previous = self._seen.get(path)
+        if previous is None or previous[:2] != (size, mtime):
+            self._seen[path] = (size, mtime, now)
+            return None
+        return f"{size}:{mtime}" if size > 0 and now - previous[2] >= self.settle_s else None
+
+    def slides(self) -> list[WrittenSlide]:
+        found = []
+        for path in sorted(self.folder.iterdir()):
+            if path.is_file() and _is_slide(path.name) and (version := self._settled(path)) is not None:
+                found.append(WrittenSlide(path.name, str(path), version))
+        return found
+
+    def sha256(self, slide: WrittenSlide) -> str:
+        digest = hashlib.sha256()
+        with Path(slide.location).open("rb") as f:
+            while chunk := f.read(objectstore.CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def load_ledger(self) -> Ledger:
         if not self.ledger_path.exists():
             return {}
-        data: dict[str, dict[str, str]] = json.loads(self.ledger_path.read_text())
-        return data
+        ledger: Ledger = json.loads(self.ledger_path.read_text())
+        return ledger
 
-    def _save(self, ledger: dict[str, dict[str, str]]) -> None:
+    def save_ledger(self, ledger: Ledger) -> None:
         tmp = self.ledger_path.with_name(LEDGER_NAME + ".tmp")
         tmp.write_text(json.dumps(ledger, indent=1))
         tmp.replace(self.ledger_path)
 
-    def _settled(self, path: Path) -> bool:
-        stat = path.stat()
-        now = self.clock()
-        size, mtime = stat.st_size, stat.st_mtime
-        previous = self._seen.get(path)
-        if previous is None or previous[:2] != (size, mtime):
-            self._seen[path] = (size, mtime, now)
-            return False
-        return size > 0 and now - previous[2] >= self.settle_s
+    def write_error(self, slide: WrittenSlide, message: str) -> None:
+        Path(slide.location + ERROR_SUFFIX).write_text(message + "\n")
 
-    def poll(self) -> list[Path]:
-        """One pass over the folder; returns the slides scored (or failed) in this pass."""
+    def clear_error(self, slide: WrittenSlide) -> None:
+        Path(slide.location + ERROR_SUFFIX).unlink(missing_ok=True)
+
+    def results_location(self, slide: WrittenSlide) -> str:
+        return slide.location + RESULTS_SUFFIX
+
+    def score_into_place(self, slide: WrittenSlide, score: ScoreInto) -> None:
+        score(Path(slide.location), Path(self.results_location(slide)))  # score_slide swaps folders atomically
+
+
+@dataclass
+class S3PrefixSource:
+    prefix: str  # s3://bucket/prefix
+    config: S3Config
+    cache_dir: Path = DEFAULT_CACHE_DIR  # local copies for in-process scoring (OpenSlide needs a file)
+
+    @property
+    def ledger_uri(self) -> str:
+        return f"{self.prefix.rstrip('/')}/{LEDGER_NAME}"
+
+    def slides(self) -> list[WrittenSlide]:
+        return [
+            WrittenSlide(o.uri.rsplit("/", 1)[-1], o.uri, f"{o.size_bytes}:{o.etag}")
+            for o in objectstore.list_objects(self.prefix, self.config)
+            if _is_slide(o.uri) and o.size_bytes > 0 and f"{RESULTS_SUFFIX}/" not in o.uri
+        ]
+
+    def sha256(self, slide: WrittenSlide) -> str:
+        digest = hashlib.sha256()
+        for chunk in objectstore.chunks(slide.location, self.config):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def load_ledger(self) -> Ledger:
+        try:
+            ledger: Ledger = json.loads(b"".join(objectstore.chunks(self.ledger_uri, self.config)))
+        except objectstore.NoSuchObjectError:
+            return {}
+        return ledger
+
+    def save_ledger(self, ledger: Ledger) -> None:
+        objectstore.put_bytes(self.ledger_uri, json.dumps(ledger, indent=1).encode(), "application/json", self.config)
+
+    def write_error(self, slide: WrittenSlide, message: str) -> None:
+        objectstore.put_bytes(slide.location + ERROR_SUFFIX, (message + "\n").encode(), "text/plain", self.config)
+
+    def clear_error(self, slide: WrittenSlide) -> None:
+        objectstore.delete(slide.location + ERROR_SUFFIX, self.config)  # S3 deletes are idempotent
+
+    def results_location(self, slide: WrittenSlide) -> str:
+        return slide.location + RESULTS_SUFFIX
+
+    def score_into_place(self, slide: WrittenSlide, score: ScoreInto) -> None:
+        local = fetch_s3(slide.location, SlideCache(self.cache_dir), self.config)
+        with tempfile.TemporaryDirectory(prefix="mitoscope-watch-") as tmp:
+            out = Path(tmp) / "out"
+            score(local, out)
+            files = sorted(out.iterdir(), key=lambda p: p.name == "result.json")  # result.json last
+            for path in files:
+                objectstore.put_file(f"{self.results_location(slide)}/{path.name}", path, self.config)
+
+
+def open_source(location: str, settle_s: float = DEFAULT_SETTLE_S, cache_dir: Path | None = None) -> SlideSource:
+    """A folder, or an `s3://bucket/prefix` (credentials from MITOSCOPE_S3_*)."""
+    if is_s3_uri(location):
+        return S3PrefixSource(location, S3Config.from_env(), cache_dir or DEFAULT_CACHE_DIR)
+    return FolderSource(Path(location), settle_s)
+
+
+class Scorer(Protocol):
+    def score(self, source: SlideSource, slide: WrittenSlide, digest: str) -> dict[str, str]:
+        """Score (or start scoring) one slide; the ledger entry: state scored, failed or queued."""
+        ...
+
+    def follow(self, entry: dict[str, str]) -> dict[str, str]:
+        """The entry of a queued slide, updated (the same while it is still being scored)."""
+        ...
+
+
+@dataclass
+class InProcessScorer:
+    detector: Detector
+    options: ScoreOptions = field(default_factory=ScoreOptions)
+
+    def score(self, source: SlideSource, slide: WrittenSlide, digest: str) -> dict[str, str]:
+        def score_into(local: Path, out_dir: Path) -> None:
+            score_slide(local, out_dir, self.detector, self.options, display_name=slide.name)
+
+        try:
+            source.score_into_place(slide, score_into)
+        except (TilerError, DetectorError, PreprocessError, AggregatorError, ObjectStoreError) as e:
+            return {"state": FAILED, "error": str(e)}
+        return {"state": SCORED}
+
+    def follow(self, entry: dict[str, str]) -> dict[str, str]:
+        return entry
+
+
+@dataclass
+class Watcher:
+    source: SlideSource
+    scorer: Scorer
+
+    def poll(self) -> list[WrittenSlide]:
+        """One look: follows slides still being scored, then scores the new ones.
+
+        Returns the slides whose outcome (scored, failed, or queued as a job) was decided now."""
         handled = []
-        ledger = self._ledger()
-        for path in sorted(self.folder.iterdir()):
-            if not path.is_file() or path.suffix.lower() not in SLIDE_SUFFIXES or not self._settled(path):
+        ledger = self.source.load_ledger()
+        changed = False
+        slides = {s.name: s for s in self.source.slides()}
+        for entry in ledger.values():
+            if entry["state"] != QUEUED:
                 continue
-            key = f"{path.stat().st_size}:{path.stat().st_mtime_ns}:{path.name}"
-            if any(entry.get("file_key") == key for entry in ledger.values()):
+            followed = self.scorer.follow(entry)
+            if followed != entry:
+                entry.update(followed)
+                changed = True
+                if (slide := slides.get(entry["slide"])) is not None:
+                    self._report(slide, entry)
+        versions = {entry.get("version") for entry in ledger.values()}
+        for slide in slides.values():
+            if f"{slide.name}@{slide.version}" in versions:
                 continue
-            digest = _sha256(path)
+            digest = self.source.sha256(slide)
             if digest in ledger:
-                ledger[digest].setdefault("duplicates", "")
-                ledger[digest]["duplicates"] = ",".join(filter(None, [ledger[digest]["duplicates"], path.name]))
-                ledger[digest]["file_key"] = key
-                self._save(ledger)
-                log.info("%s has the content of %s, already scored", path.name, ledger[digest]["slide"])
+                entry = ledger[digest]
+                entry["duplicates"] = ",".join(filter(None, [entry.get("duplicates", ""), slide.name]))
+                entry["version"] = f"{slide.name}@{slide.version}"
+                log.info("%s has the content of %s, already handled", slide.name, entry["slide"])
+                self.source.save_ledger(ledger)
                 continue
-            error_path = path.with_name(path.name + ".mitoscope.error.txt")
-            try:
-                score_slide(path, path.with_name(path.name + ".mitoscope"), self.detector, self.options)
-                error_path.unlink(missing_ok=True)
-                ledger[digest] = {"slide": path.name, "state": "scored", "file_key": key}
-            except (TilerError, DetectorError, PreprocessError, AggregatorError) as e:
-                error_path.write_text(f"{path.name}: not scored: {e}\n")
-                ledger[digest] = {"slide": path.name, "state": "failed", "error": str(e), "file_key": key}
-            self._save(ledger)
-            handled.append(path)
+            entry = {"slide": slide.name, "version": f"{slide.name}@{slide.version}"}
+            entry.update(self.scorer.score(self.source, slide, digest))
+            ledger[digest] = entry
+            self._report(slide, entry)
+            self.source.save_ledger(ledger)
+            handled.append(slide)
+        if changed:
+            self.source.save_ledger(ledger)
         return handled
+
+    def _report(self, slide: WrittenSlide, entry: dict[str, str]) -> None:
+        if entry["state"] == FAILED:
+            self.source.write_error(slide, f"{slide.name}: not scored: {entry.get('error', 'unknown error')}")
+        elif entry["state"] == SCORED:
+            self.source.clear_error(slide)
+
+
+def describe(entry: dict[str, str]) -> str:
+    """One line for a person watching the console."""
+    if entry["state"] == FAILED:
+        return f"failed, see {entry['slide']}{ERROR_SUFFIX}"
+    if entry["state"] == QUEUED:
+        return f"queued as job {entry.get('job', '?')}"
+    return f"scored, results in {entry['slide']}{RESULTS_SUFFIX}/"

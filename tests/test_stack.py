@@ -7,7 +7,9 @@ fetches the slide from there, and the aggregator writes the exports back to S3.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,9 @@ import httpx
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.stack import S3_BUCKET, Stack
+from mitoscope.stack import S3_BUCKET, WATCH_FOLDER, Stack
 from services.common import objectstore
+from services.common.objectstore import S3Config
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from tests.conftest import MODEL_PATH, REPO_ROOT, TRITON_VENV
@@ -35,6 +38,25 @@ def _score_over_rest(gateway: str, slide: Path) -> tuple[dict[str, Any], dict[st
         time.sleep(0.5)
     assert state["state"] == "succeeded", state["error"]
     return uploaded.json(), httpx.get(f"{gateway}/v1/jobs/{state['id']}/result").json()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_object(uri: str, config: S3Config) -> dict[str, Any] | None:
+    try:
+        return json.loads(b"".join(objectstore.chunks(uri, config)))
+    except objectstore.NoSuchObjectError:
+        return None
+
+
+def _wait_for(read: Callable[[], dict[str, Any] | None], timeout_s: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while (found := read()) is None:
+        assert time.monotonic() < deadline, "the watched slide was not scored"
+        time.sleep(0.5)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +84,18 @@ def test_stack_up_scores_over_rest_and_down_stops_everything(
     try:
         _, result = _score_over_rest(urls["gateway"], e2e_slide)
         assert "triton" in httpx.get(f"{urls['detector']}/v1/models/yolov5n_mitosis").json()["backend"]
+        # Scanner output: a slide dropped into the inbox is scored once, its results beside it.
+        shutil.copy(e2e_slide, tmp_path / "slides" / WATCH_FOLDER / "scanned.svs")
+        watched = _wait_for(
+            lambda: _read_json(tmp_path / "slides" / WATCH_FOLDER / "scanned.svs.mitoscope/result.json")
+        )
     finally:
         stopped = stack.down()
     assert set(stopped) == {"triton", "tiler", "preprocess", "detector", "aggregator", "gateway"}
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{urls['gateway']}/health/live", timeout=2)
     _same_detections(result, local_result)
+    _same_detections(watched, local_result)
 
 
 def test_stack_on_s3_stores_the_slide_and_the_exports_in_the_object_store(
@@ -92,7 +120,12 @@ def test_stack_on_s3_stores_the_slide_and_the_exports_in_the_object_store(
         assert stored["mitosis_count"] == result["mitosis_count"]
         csv_rows = b"".join(objectstore.chunks(exports["result.csv"], config)).decode().strip().splitlines()
         assert len(csv_rows) == 1 + result["mitosis_count"]
+        # Scanner output written to the S3 inbox is scored once, its exports next to it.
+        objectstore.put_file(f"s3://{S3_BUCKET}/{WATCH_FOLDER}/scanned.svs", e2e_slide, config)
+        results_uri = f"s3://{S3_BUCKET}/{WATCH_FOLDER}/scanned.svs.mitoscope/result.json"
+        watched = _wait_for(lambda: _read_object(results_uri, config))
     finally:
         stopped = stack.down()
     assert "s3" in stopped
     _same_detections(result, local_result)
+    _same_detections(watched, local_result)

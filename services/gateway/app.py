@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
@@ -29,10 +31,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from mitoscope.watch import DEFAULT_SETTLE_S, QUEUED, SCORED, SlideSource, Watcher, WrittenSlide, open_source
+from mitoscope.watch import FAILED as WATCH_FAILED
 from services.aggregator.exports import csv_text, geojson_document, render_overview
 from services.common import objectstore
-from services.common.objectstore import S3Config, is_s3_uri, parse_s3_uri
+from services.common.objectstore import ObjectStoreError, S3Config, is_s3_uri, parse_s3_uri
 from services.common.web import service_app
 from services.gateway.jobs import (
     FINAL_STATES,
@@ -51,6 +56,8 @@ MAX_UPLOAD_BYTES = 20 * 1024**3
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".dcm", ".vms", ".vmu", ".bif", ".zip")
 EVENT_POLL_S = 0.5
 
+log = logging.getLogger(__name__)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
@@ -67,6 +74,13 @@ class Settings(BaseSettings):
     worker_threads: int = 1
     batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT
     retry_budget_s: float = DEFAULT_RETRY.budget_s
+    watch_location: str = Field(
+        default="",
+        description="s3://bucket/prefix, or a folder under the slide root, whose new slides become jobs; the "
+        "aggregator's output root must be the slide root for a folder",
+    )
+    watch_poll_s: float = 5.0
+    watch_settle_s: float = DEFAULT_SETTLE_S
     results_location: str = Field(
         default="", description="s3://bucket/prefix where each job's exports are written, under its id"
     )
@@ -194,6 +208,42 @@ class Gateway:
             thread = threading.Thread(target=self._work, args=(f"gateway-{uuid.uuid4().hex[:8]}-{i}",), daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.settings.watch_location:
+            watcher = Watcher(self._watch_source(), JobScorer(self))
+            thread = threading.Thread(target=self._watch, args=(watcher,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _watch_source(self) -> SlideSource:
+        location = self.settings.watch_location
+        if is_s3_uri(location):
+            return open_source(location)
+        folder = self.settings.slide_root / location
+        folder.mkdir(parents=True, exist_ok=True)
+        return open_source(str(folder), self.settings.watch_settle_s)
+
+    def _watch(self, watcher: Watcher) -> None:
+        while not self._stop.is_set():
+            try:
+                watcher.poll()
+            except (ObjectStoreError, OSError) as e:  # the store or folder is away: look again later
+                log.warning("watching %s: %s", self.settings.watch_location, e)
+            self._stop.wait(self.settings.watch_poll_s)
+
+    def problems(self) -> list[str]:
+        found = [] if self.settings.slide_root.is_dir() else [f"slide root {self.settings.slide_root} is missing"]
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError as e:
+            found.append(f"the job database does not answer: {e}")
+        if S3Config.configured():
+            found += objectstore.problems(S3Config.from_env())
+        return found
+
+    def local_location(self, path: str) -> str:
+        """A watched local file's location as the services name it: relative to the slide root."""
+        return str(Path(path).resolve().relative_to(self.settings.slide_root.resolve()))
 
     def _work(self, name: str) -> None:
         while not self._stop.is_set():
@@ -295,6 +345,31 @@ class Gateway:
         return job.result
 
 
+@dataclass
+class JobScorer:
+    """Turns each watched slide into one job (keyed by its SHA-256), its exports next to the slide."""
+
+    gateway: Gateway
+
+    def score(self, source: SlideSource, slide: WrittenSlide, digest: str) -> dict[str, str]:
+        g = self.gateway
+        location = slide.location if is_s3_uri(slide.location) else g.local_location(slide.location)
+        results = source.results_location(slide)
+        output = results if is_s3_uri(results) else g.local_location(results)
+        g.add_slide(slide.name, location, digest, None)
+        options = JobOptions(output_location=output).model_dump()
+        job, _ = g.jobs.create(location, g.settings.default_model, options, f"watch:sha256:{digest}")
+        return {"state": QUEUED, "job": job.id}
+
+    def follow(self, entry: dict[str, str]) -> dict[str, str]:
+        job = self.gateway.jobs.get(entry["job"])
+        if job.state == SUCCEEDED:
+            return {**entry, "state": SCORED}
+        if job.state in FINAL_STATES:
+            return {**entry, "state": WATCH_FAILED, "error": job.error or f"the job was {job.state}"}
+        return entry
+
+
 def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
@@ -317,7 +392,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "gateway",
         "The public mitoscope API: register or upload slides, start scoring jobs, follow their progress, "
         "fetch results as JSON, QuPath GeoJSON or CSV.",
-        ready=lambda: [] if settings.slide_root.is_dir() else [f"slide root {settings.slide_root} is missing"],
+        ready=gateway.problems,
         errors={
             BadRequestError: (400, "bad_request"),
             UploadError: (400, "bad_upload"),
