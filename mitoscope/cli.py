@@ -142,12 +142,8 @@ def score(
     _print_summary(result, out_dir)
 
 
-def _score_with_progress(slide: Path, out_dir: Path, detector: Detector, options: ScoreOptions, name: str) -> dict:  # type: ignore[type-arg]
-    from mitoscope.pipeline import score_slide
-
-    # The bar appears once the slide is open and its tiles are planned, so a refused slide
-    # prints only its error line.
-    bar = Progress(
+def _progress_bar() -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -158,6 +154,14 @@ def _score_with_progress(slide: Path, out_dir: Path, detector: Detector, options
         TimeRemainingColumn(),
         console=console,
     )
+
+
+def _score_with_progress(slide: Path, out_dir: Path, detector: Detector, options: ScoreOptions, name: str) -> dict:  # type: ignore[type-arg]
+    from mitoscope.pipeline import score_slide
+
+    # The bar appears once the slide is open and its tiles are planned, so a refused slide
+    # prints only its error line.
+    bar = _progress_bar()
     task = bar.add_task(f"scoring {name}", total=None, rate="")
 
     def on_progress(done: int, total: int) -> None:
@@ -173,7 +177,8 @@ def _score_with_progress(slide: Path, out_dir: Path, detector: Detector, options
         bar.stop()
 
 
-def _print_summary(result: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
+def _print_summary(result: dict, out_dir: Path, seconds: float | None = None) -> None:  # type: ignore[type-arg]
+    """The result as a table; `seconds` is the wall time seen by a REST caller (uploads included)."""
     hotspot = result["hotspot"]
     prov = result["provenance"]
     table = Table(title=f"mitoscope: {result['slide']['name']}", show_header=False, title_justify="left")
@@ -188,11 +193,12 @@ def _print_summary(result: dict, out_dir: Path) -> None:  # type: ignore[type-ar
         f"({hotspot['tissue_area_mm2']:.2f} mm² tissue)",
     )
     table.add_row("Nottingham mitotic score", str(result["mitotic_score"]))
-    table.add_row("resolution", f"{result['slide']['mpp_um_per_px']} µm/px ({result['slide']['mpp_source']})")
+    source = f" ({result['slide']['mpp_source']})" if "mpp_source" in result["slide"] else ""
+    table.add_row("resolution", f"{result['slide']['mpp_um_per_px']} µm/px{source}")
     table.add_row("model", f"{prov['model']['name']} v{prov['model']['version']} via {prov['model']['backend']}")
-    table.add_row(
-        "tiles", f"{prov['tiles']['total']} in {prov['timing']['seconds']} s ({prov['timing']['tiles_per_s']} tiles/s)"
-    )
+    seconds = prov["timing"]["seconds"] if seconds is None else seconds
+    tiles = prov["tiles"]["total"]
+    table.add_row("tiles", f"{tiles} in {seconds:.1f} s ({tiles / max(seconds, 1e-9):.1f} tiles/s)")
     table.add_row("outputs", str(out_dir))
     Console().print(table)
 
@@ -232,18 +238,16 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic slide.")] = 7,
     size: Annotated[int, typer.Option(min=2048, max=32768, help="Side of the synthetic slide in pixels.")] = 12288,
 ) -> None:
-    """Synthesise a slide, score it through a local Triton server, compare with the planted truth.
+    """Synthesise a slide and score it through the local stack over REST; compare with the planted truth.
 
-    Falls back to in-process ONNX Runtime, saying so, when the Triton venv is missing.
+    Starts Triton, the four services and the gateway on 127.0.0.1 (as `mitoscope up`), uploads
+    each slide to the gateway, follows the job's progress, downloads the exports and stops the
+    stack. Scores in-process with ONNX Runtime, saying so, when the stack cannot start.
     """
-    import json
-
-    from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
     from mitoscope.pipeline import REPO_ROOT
+    from mitoscope.stack import Stack
     from mitoscope.synth import SynthParams, make_slide, truth_path_for
-    from services.detector.detector import open_detector
-    from services.detector.model import DEFAULT_MODEL_NAME
-    from services.detector.triton_server import TritonServer, TritonServerError
+    from services.detector.triton_server import TritonServerError
 
     slide = out / "synthetic.svs"
     if not truth_path_for(slide).exists():
@@ -253,50 +257,106 @@ def demo(
     cmu = shared / "slides" / "CMU-1-Small-Region.svs"
     if cmu.is_file():
         slides.append(cmu)
-    repository = _model_repository()
-    if not (repository / "faster_rcnn_mitosis" / "1" / "model.onnx").is_file():
+    if not (_model_repository() / "faster_rcnn_mitosis" / "1" / "model.onnx").is_file():
         console.print(
             "faster_rcnn_mitosis is not built (its 113 MB weights are not in git; `make models` "
             "trains it): scoring with yolov5n_mitosis"
         )
-    server: TritonServer | None = None
-    detector: Detector
+    stack = Stack(REPO_ROOT, (out / "stack" / "slides").resolve(), (out / "stack").resolve())
+    stack.down()  # a stack left by an interrupted demo
     try:
-        server = TritonServer(repository, REPO_ROOT / ".venv-triton", REPO_ROOT / ".cache" / "triton")
-        with console.status("starting the local Triton server"):
-            server.start()
-        detector = open_detector(DEFAULT_MODEL_NAME, "triton", repository, server.grpc_url)
-    except TritonServerError as e:
-        console.print(f"[yellow]Triton unavailable ({e}); scoring in-process with ONNX Runtime[/]")
-        server = None
-        detector = open_detector(DEFAULT_MODEL_NAME, "onnxruntime", repository, "")
+        with console.status("starting Triton, tiler, preprocess, detector, aggregator and gateway on 127.0.0.1"):
+            urls = stack.up()
+    except (TritonServerError, RuntimeError, TimeoutError) as e:
+        console.print(f"[yellow]the local stack did not start ({e}); scoring in-process with ONNX Runtime[/]")
+        _demo_in_process(slides, out)
+        return
+    console.print(f"gateway {urls['gateway']} (API docs at /docs), Triton gRPC {urls['triton_grpc']}")
+    try:
+        for path in slides:
+            out_dir = out / f"{path.name}.mitoscope"
+            result, seconds = _score_over_rest(urls["gateway"], path, out_dir)
+            _print_summary(result, out_dir, seconds)
+            _compare_with_truth(path, result)
+    finally:
+        with console.status("stopping the stack"):
+            stack.down()
+
+
+def _score_over_rest(gateway: str, path: Path, out_dir: Path) -> tuple[dict, float]:  # type: ignore[type-arg]
+    """Upload, score and download one slide through the gateway, with a progress bar."""
+    import time
+
+    from mitoscope.client import GatewayClient, GatewayError
+
+    started = time.perf_counter()
+    with GatewayClient(gateway) as client:
+        try:
+            with console.status(f"uploading {path.name}"):
+                uploaded = client.upload(path)
+            job = client.start_job(uploaded["id"])
+            bar = _progress_bar()
+            task = bar.add_task(f"scoring {path.name}", total=None, rate="")
+
+            def on_progress(state: dict) -> None:  # type: ignore[type-arg]
+                if state["tiles_total"]:
+                    if not bar.live.is_started:
+                        bar.start()
+                    elapsed = bar.tasks[task].elapsed or 0.0
+                    rate = f"{state['tiles_done'] / elapsed:.1f} tiles/s" if elapsed > 0 else ""
+                    bar.update(task, completed=state["tiles_done"], total=state["tiles_total"], rate=rate)
+
+            try:
+                final = client.follow(job["id"], on_progress)
+            finally:
+                bar.stop()
+            if final["state"] != "succeeded":
+                raise _fail(f"{path.name}: job {job['id']} {final['state']}: {final['error']}", EXIT_UNAVAILABLE)
+            client.download_results(job["id"], out_dir)
+            return client.result(job["id"]), time.perf_counter() - started
+        except GatewayError as e:
+            raise _fail(str(e), EXIT_UNAVAILABLE) from None
+
+
+def _compare_with_truth(path: Path, result: dict) -> None:  # type: ignore[type-arg]
+    import json
+
+    from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
+    from mitoscope.synth import truth_path_for
+
+    truth_path = truth_path_for(path)
+    if truth_path.exists():
+        truth = json.loads(truth_path.read_text())
+        counts = match_points(
+            ((d["x_px"], d["y_px"], d["score"]) for d in result["detections"]),
+            ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
+            MIDOG_MATCH_RADIUS_UM / truth["mpp_um_per_px"],
+        )
+        print(
+            f"against the planted truth ({truth['mitosis_count']} mitoses, 7.5 µm match): "
+            f"recall {counts.recall:.2f}, precision {counts.precision:.2f}, F1 {counts.f1:.2f}"
+        )
+    else:
+        console.print(
+            "[yellow]no ground truth for this slide: the count is unverified; the shipped model "
+            "over-calls dark stromal nuclei on real slides (README, 'The shipped model')[/]"
+        )
+    print()
+
+
+def _demo_in_process(slides: list[Path], out: Path) -> None:
+    from services.detector.detector import open_detector
+    from services.detector.model import DEFAULT_MODEL_NAME
+
+    detector = open_detector(DEFAULT_MODEL_NAME, "onnxruntime", _model_repository(), "")
     try:
         for path in slides:
             out_dir = out / f"{path.name}.mitoscope"
             result = _score_with_progress(path, out_dir, detector, ScoreOptions(), path.name)
             _print_summary(result, out_dir)
-            truth_path = truth_path_for(path)
-            if truth_path.exists():
-                truth = json.loads(truth_path.read_text())
-                counts = match_points(
-                    ((d["x_px"], d["y_px"], d["score"]) for d in result["detections"]),
-                    ((m["x_px"], m["y_px"]) for m in truth["mitoses"]),
-                    MIDOG_MATCH_RADIUS_UM / truth["mpp_um_per_px"],
-                )
-                print(
-                    f"against the planted truth ({truth['mitosis_count']} mitoses, 7.5 µm match): "
-                    f"recall {counts.recall:.2f}, precision {counts.precision:.2f}, F1 {counts.f1:.2f}"
-                )
-            else:
-                console.print(
-                    "[yellow]no ground truth for this slide: the count is unverified; the shipped model "
-                    "over-calls dark stromal nuclei on real slides (README, 'The shipped model')[/]"
-                )
-            print(f"overview picture: {out_dir / 'overview.png'}\n")
+            _compare_with_truth(path, result)
     finally:
         detector.close()
-        if server is not None:
-            server.stop()
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mitoscope.client import GatewayClient
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.stack import S3_BUCKET, WATCH_FOLDER, Stack
 from services.common import objectstore
@@ -27,17 +28,19 @@ from tests.conftest import MODEL_PATH, REPO_ROOT, TRITON_VENV
 pytestmark = pytest.mark.integration
 
 
-def _score_over_rest(gateway: str, slide: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    with slide.open("rb") as f:
-        uploaded = httpx.post(f"{gateway}/v1/slides", files={"file": ("case.svs", f)}, timeout=60)
-    assert uploaded.status_code == 201, uploaded.text
-    job = httpx.post(f"{gateway}/v1/jobs", json={"slide_id": uploaded.json()["id"], "options": {"batch_size": 16}})
-    deadline = time.monotonic() + 300
-    while (state := httpx.get(f"{gateway}/v1/jobs/{job.json()['id']}").json())["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, state
-        time.sleep(0.5)
-    assert state["state"] == "succeeded", state["error"]
-    return uploaded.json(), httpx.get(f"{gateway}/v1/jobs/{state['id']}/result").json()
+def _score_over_rest(gateway: str, slide: Path, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Upload, score and download through the Python client, as the demo does."""
+    with GatewayClient(gateway) as client:
+        uploaded = client.upload(slide)
+        job = client.start_job(uploaded["id"], options={"batch_size": 16})
+        seen: list[int] = []
+        final = client.follow(job["id"], lambda state: seen.append(state["tiles_done"]))
+        assert final["state"] == "succeeded", final["error"]
+        assert seen == sorted(seen) and seen[-1] == final["tiles_total"]  # progress only grows
+        files = client.download_results(job["id"], out_dir)
+        assert [f.name for f in files] == ["result.json", "result.geojson", "result.csv", "overview.png"]
+        assert (out_dir / "overview.png").read_bytes().startswith(b"\x89PNG")
+        return uploaded, client.result(job["id"])
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -68,6 +71,11 @@ def local_result(e2e_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 def _same_detections(remote: dict[str, Any], local: dict[str, Any]) -> None:
+    assert remote["provenance"]["model"]["sha256"] == local["provenance"]["model"]["sha256"]
+    for key in ("mean", "std"):
+        assert remote["provenance"]["normalisation"]["source_lab"][key] == pytest.approx(
+            local["provenance"]["normalisation"]["source_lab"][key], abs=1e-6
+        )
     assert remote["mitosis_count"] == local["mitosis_count"]
     assert remote["hotspot"]["count"] == local["hotspot"]["count"]
     for ours, theirs in zip(remote["detections"], local["detections"], strict=True):
@@ -82,7 +90,7 @@ def test_stack_up_scores_over_rest_and_down_stops_everything(
     stack = Stack(REPO_ROOT, tmp_path / "slides", tmp_path / "stack")
     urls = stack.up()
     try:
-        _, result = _score_over_rest(urls["gateway"], e2e_slide)
+        _, result = _score_over_rest(urls["gateway"], e2e_slide, tmp_path / "out")
         assert "triton" in httpx.get(f"{urls['detector']}/v1/models/yolov5n_mitosis").json()["backend"]
         # Scanner output: a slide dropped into the inbox is scored once, its results beside it.
         shutil.copy(e2e_slide, tmp_path / "slides" / WATCH_FOLDER / "scanned.svs")
@@ -108,7 +116,7 @@ def test_stack_on_s3_stores_the_slide_and_the_exports_in_the_object_store(
     try:
         config = stack.s3_config
         assert config is not None
-        slide, result = _score_over_rest(urls["gateway"], e2e_slide)
+        slide, result = _score_over_rest(urls["gateway"], e2e_slide, tmp_path / "out")
         assert slide["location"].startswith(f"s3://{S3_BUCKET}/uploads/")
         assert not [p for p in (tmp_path / "slides").rglob("*") if p.is_file()]  # no local copy kept
         assert objectstore.stat(slide["location"], config).size_bytes == e2e_slide.stat().st_size

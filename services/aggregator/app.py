@@ -62,10 +62,33 @@ def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
         "height_px": plan.slide_height_px,
         "mpp_um_per_px": plan.slide_mpp_um_per_px,
     }
-    provenance = {
+    provenance: dict[str, Any] = {
         "parameters": {"merge_radius_um": radius_um, "field_diameter_mm": field_mm},
-        "tiles": {"total": len(plan.tiles), "with_detections": len(per_tile)},
+        "tiles": {
+            "total": len(plan.tiles),
+            "with_detections": len(per_tile),
+            "tile_px": plan.tile_px,
+            "overlap_px": plan.overlap_px,
+        },
     }
+    if message.HasField("model"):
+        m = message.model
+        provenance["model"] = {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.sha256,
+            "backend": m.backend,
+            "input_size_px": m.input_size_px,
+            "mpp_um_per_px": m.mpp_um_per_px,
+            "class_names": list(class_names),
+        }
+        provenance["parameters"]["score_threshold"] = m.score_threshold
+    if message.HasField("source_lab") and message.HasField("target_lab"):
+        provenance["normalisation"] = {
+            "method": "reinhard",
+            "source_lab": {"mean": list(message.source_lab.mean), "std": list(message.source_lab.std)},
+            "target_lab": {"mean": list(message.target_lab.mean), "std": list(message.target_lab.std)},
+        }
     return result_document(slide, summary, merged, provenance)
 
 

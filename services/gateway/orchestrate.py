@@ -103,6 +103,17 @@ class SlideSession:
             class_names=described["class_names"],
             field_diameter_mm=field_diameter_mm,
             output_location=output_location,
+            model=pb.ModelProvenance(
+                name=described["name"],
+                version=described["version"],
+                sha256=described["sha256"],
+                backend=described["backend"],
+                input_size_px=described["input_size_px"],
+                mpp_um_per_px=described["mpp_um_per_px"],
+                score_threshold=described["score_threshold"],
+            ),
+            source_lab=self.source,
+            target_lab=self.target,
         )
 
     def tiles_in(self, batch_index: int) -> int:
