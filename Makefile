@@ -56,13 +56,13 @@ setup: $(VENV)/.installed $(PROTO_OUT)/.generated $(TRITON_VENV)/.installed $(TR
 
 train-venv: $(TRAIN_VENV)/.installed ## Create the training venv (torch from local wheels, ultralytics)
 
-up: setup ## Start the local stack (Triton, services, gateway) on 127.0.0.1
-	$(PY) -m mitoscope.cli up
+up: setup ## Start the local stack (Triton, services, gateway) on 127.0.0.1; S3=1 adds SeaweedFS
+	$(PY) -m mitoscope.cli up $(if $(S3),--s3)
 
 down: $(VENV)/.installed ## Stop the local stack
 	$(PY) -m mitoscope.cli down
 
-demo: setup ## Synthesise a slide, score it through a local Triton server, print the summary
+demo: setup ## Synthesise a slide, score it through the local stack over REST, print the summary
 	$(PY) -m mitoscope.cli demo --out $(DEMO_OUT) --shared $(SHARED)
 
 test: setup train-venv ## Run the test suite (unit, API and integration tests with real servers, 1-epoch training)

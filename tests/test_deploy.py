@@ -47,3 +47,25 @@ def test_triton_runs_the_gpu_configs_on_a_gpu() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "--model-config-name=gpu" in container["command"]
     assert (REPO_ROOT / "model_repository" / "yolov5n_mitosis" / "configs" / "gpu.pbtxt").is_file()
+
+
+def test_services_that_touch_s3_get_its_keys_and_every_setting_is_one_the_code_reads() -> None:
+    from services.aggregator.app import Settings as AggregatorSettings
+    from services.detector.app import Settings as DetectorSettings
+    from services.gateway.app import Settings as GatewaySettings
+    from services.preprocess.app import Settings as PreprocessSettings
+    from services.tiler.app import Settings as TilerSettings
+
+    docs = _documents()
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    known = {
+        f"{s.model_config['env_prefix']}{field.upper()}"
+        for s in (AggregatorSettings, DetectorSettings, GatewaySettings, PreprocessSettings, TilerSettings)
+        for field in s.model_fields
+    }
+    unread = {k for k in config if not k.startswith("MITOSCOPE_S3_") and k not in known}
+    assert not unread, f"settings no service reads: {unread}"
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for name in ("tiler", "aggregator", "gateway", "worker"):
+        sources = deployments[name]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"secretRef": {"name": "mitoscope-s3"}} in sources, name

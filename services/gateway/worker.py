@@ -196,17 +196,23 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("tiler", "preprocess", "detector", "aggregator"):
         parser.add_argument(f"--{name}", required=True, help=f"base URL of the {name} service")
     parser.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S)
+    # Defaults come from the gateway's environment variables, so workers and gateway share one config.
     parser.add_argument(
-        "--batches-in-flight", type=int, default=DEFAULT_BATCHES_IN_FLIGHT, help="batches on their way at once"
+        "--batches-in-flight",
+        type=int,
+        default=int(os.environ.get("GATEWAY_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT)),
+        help="batches on their way at once",
     )
     parser.add_argument(
         "--retry-budget-s",
         type=float,
-        default=DEFAULT_RETRY.budget_s,
+        default=float(os.environ.get("GATEWAY_RETRY_BUDGET_S", DEFAULT_RETRY.budget_s)),
         help="how long a job waits out a service, Triton or S3 outage before it fails",
     )
     parser.add_argument(
-        "--results-location", default="", help="s3://bucket/prefix (or aggregator folder) for each job's exports"
+        "--results-location",
+        default=os.environ.get("GATEWAY_RESULTS_LOCATION", ""),
+        help="s3://bucket/prefix (or aggregator folder) for each job's exports",
     )
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--stop-when-idle", action="store_true", help="exit when no job is left")
