@@ -33,10 +33,13 @@ def _score_over_rest(gateway: str, slide: Path, out_dir: Path) -> tuple[dict[str
     with GatewayClient(gateway) as client:
         uploaded = client.upload(slide)
         job = client.start_job(uploaded["id"], options={"batch_size": 16})
-        seen: list[int] = []
-        final = client.follow(job["id"], lambda state: seen.append(state["tiles_done"]))
+        states: list[dict[str, Any]] = []
+        final = client.follow(job["id"], states.append)
         assert final["state"] == "succeeded", final["error"]
+        seen = [state["tiles_done"] for state in states]
         assert seen == sorted(seen) and seen[-1] == final["tiles_total"]  # progress only grows
+        running = [state for state in states if state["state"] == "running" and state["tiles_done"]]
+        assert running and all(state["eta_s"] is not None for state in running)
         files = client.download_results(job["id"], out_dir)
         assert [f.name for f in files] == ["result.json", "result.geojson", "result.csv", "overview.png"]
         assert (out_dir / "overview.png").read_bytes().startswith(b"\x89PNG")

@@ -168,6 +168,7 @@ class JobOut(BaseModel):
     tiles_done: int
     tiles_total: int
     progress: float
+    eta_s: float | None = Field(description="seconds left at the rate so far; null until the first batch is done")
     attempts: int
     error: str | None
 
@@ -182,6 +183,7 @@ class JobOut(BaseModel):
             tiles_done=job.tiles_done,
             tiles_total=job.tiles_total,
             progress=round(progress, 4),
+            eta_s=job.eta_s,
             attempts=job.attempts,
             error=job.error,
         )

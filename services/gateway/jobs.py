@@ -30,6 +30,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -56,6 +57,9 @@ jobs_table = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    # This attempt's start and the tiles already done then, for the rate behind the ETA.
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
+    Column("tiles_at_claim", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Column("result", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -103,6 +107,19 @@ class Job:
     result: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    claimed_at: datetime | None = None
+    tiles_at_claim: int = 0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at this attempt's rate so far, as of the last checkpoint; None before one."""
+        if self.state != RUNNING or self.claimed_at is None or not self.tiles_total:
+            return None
+        done = self.tiles_done - self.tiles_at_claim
+        elapsed_s = (self.updated_at - self.claimed_at).total_seconds()
+        if done <= 0 or elapsed_s <= 0:
+            return None
+        return round((self.tiles_total - self.tiles_done) * elapsed_s / done, 1)
 
 
 def _now() -> datetime:
@@ -125,6 +142,8 @@ def _job(row: Any) -> Job:
         result=json.loads(row.result) if row.result else None,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        claimed_at=row.claimed_at,
+        tiles_at_claim=row.tiles_at_claim or 0,
     )
 
 
@@ -145,11 +164,22 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was created (create_all makes only missing tables)."""
+    present = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    with engine.begin() as conn:
+        for column in jobs_table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {column.name} {kind}")
+
+
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         metadata.create_all(engine)
+        _add_missing_columns(engine)
 
     def create(
         self, slide_location: str, model: str, options: dict[str, Any], idempotency_key: str | None = None
@@ -220,6 +250,8 @@ class JobStore:
                     lease_owner=worker,
                     lease_expires_at=now + timedelta(seconds=lease_s),
                     attempts=jobs_table.c.attempts + 1,
+                    claimed_at=now,
+                    tiles_at_claim=jobs_table.c.tiles_done,
                     updated_at=now,
                 )
             )

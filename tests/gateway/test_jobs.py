@@ -130,3 +130,26 @@ def test_a_failed_job_is_retried_with_its_checkpoints(store: JobStore) -> None:
     resumed = store.claim("w2", lease_s=60)
     assert resumed is not None and resumed.id == job.id and resumed.tiles_done == 8
     assert store.checkpoints(job.id) == {0: b"first"}
+
+
+def test_eta_follows_this_attempts_rate(store: JobStore) -> None:
+    job, _ = store.create("case.svs", "m", {})
+    assert store.get(job.id).eta_s is None  # queued
+    store.claim("w", lease_s=60)
+    assert store.get(job.id).eta_s is None  # nothing done yet
+    time.sleep(0.3)
+    store.checkpoint(job.id, "w", 0, b"x", 10, 40)
+    eta = store.get(job.id).eta_s
+    assert eta is not None and 0.8 <= eta <= 3.0  # 30 tiles left at ~10 tiles per 0.3 s
+
+
+def test_a_database_from_before_the_eta_gets_its_columns(store: JobStore) -> None:
+    from sqlalchemy import text
+
+    with store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN claimed_at"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN tiles_at_claim"))
+    upgraded = JobStore(store.engine)
+    job, _ = upgraded.create("case.svs", "m", {})
+    claimed = upgraded.claim("w")
+    assert claimed is not None and claimed.id == job.id and claimed.claimed_at is not None
