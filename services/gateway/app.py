@@ -50,7 +50,7 @@ from services.gateway.jobs import (
 )
 from services.gateway.orchestrate import DEFAULT_BATCHES_IN_FLIGHT, ServiceUrls
 from services.gateway.uploads import UploadError, UploadTooLargeError, receive_multipart
-from services.gateway.worker import DEFAULT_RETRY, RetryPolicy, run_worker
+from services.gateway.worker import DEFAULT_RETRY, RetryPolicy, WorkerConfig, run_worker
 
 MAX_UPLOAD_BYTES = 20 * 1024**3
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".dcm", ".vms", ".vmu", ".bif", ".zip")
@@ -202,6 +202,11 @@ class Gateway:
         self.urls = ServiceUrls(
             settings.tiler_url, settings.preprocess_url, settings.detector_url, settings.aggregator_url
         )
+        self.worker_config = WorkerConfig(
+            max_in_flight=settings.batches_in_flight,
+            retry=RetryPolicy(budget_s=settings.retry_budget_s),
+            results_location=settings.results_location,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -249,15 +254,7 @@ class Gateway:
 
     def _work(self, name: str) -> None:
         while not self._stop.is_set():
-            run_worker(
-                self.jobs,
-                name,
-                self.urls,
-                stop_when_idle=True,
-                max_in_flight=self.settings.batches_in_flight,
-                retry=RetryPolicy(budget_s=self.settings.retry_budget_s),
-                results_location=self.settings.results_location,
-            )
+            run_worker(self.jobs, name, self.urls, self.worker_config, stop_when_idle=True)
             self._stop.wait(EVENT_POLL_S)
 
     def stop(self) -> None:

@@ -87,31 +87,32 @@ def with_retries(
             delay = min(delay * 2, policy.max_delay_s)
 
 
-def run_job(
-    store: JobStore,
-    job: Job,
-    worker: str,
-    urls: ServiceUrls,
-    lease_s: float = DEFAULT_LEASE_S,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    results_location: str = "",
-) -> None:
-    """Score one claimed job; its exports go to its `output_location` option, else under
-    `results_location`/<job id> when that is set, else only into the job store."""
-    options = job.options
+@dataclass(frozen=True)
+class WorkerConfig:
+    lease_s: float = DEFAULT_LEASE_S
+    timeout_s: float = DEFAULT_TIMEOUT_S  # one HTTP call to a service
+    max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT
+    retry: RetryPolicy = DEFAULT_RETRY
+    results_location: str = ""  # each job's exports go to <results_location>/<job id> when set
+
+
+def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: WorkerConfig = WorkerConfig()) -> None:
+    """Score one claimed job; its exports go to its `output_location` option, else under the
+    configured results location, else only into the job store."""
+    options, lease_s = job.options, config.lease_s
     output_location = options.get("output_location") or (
-        f"{results_location.rstrip('/')}/{job.id}" if results_location else ""
+        f"{config.results_location.rstrip('/')}/{job.id}" if config.results_location else ""
     )
     # Waits never outlast half a lease, and the lease is renewed before each one.
-    retry = RetryPolicy(retry.budget_s, min(retry.first_delay_s, lease_s / 2), min(retry.max_delay_s, lease_s / 2))
+    retry = RetryPolicy(
+        config.retry.budget_s, min(config.retry.first_delay_s, lease_s / 2), min(config.retry.max_delay_s, lease_s / 2)
+    )
 
     def renew() -> None:
         store.renew(job.id, worker, lease_s)
 
     try:
-        with httpx.Client(timeout=timeout_s) as client:
+        with httpx.Client(timeout=config.timeout_s) as client:
             session = with_retries(
                 lambda: SlideSession(
                     client,
@@ -134,7 +135,7 @@ def run_job(
                 return with_retries(lambda: session.detect_batch(batch_index), f"batch {batch_index}", retry, renew)
 
             todo = [i for i in range(session.batch_count) if i not in done]
-            for batch_index, found in detect_in_flight(detect, todo, max_in_flight):
+            for batch_index, found in detect_in_flight(detect, todo, config.max_in_flight):
                 tiles_done += session.tiles_in(batch_index)
                 store.checkpoint(
                     job.id,
@@ -157,33 +158,17 @@ def run_job(
 
 
 def run_worker(
-    store: JobStore,
-    worker: str,
-    urls: ServiceUrls,
-    lease_s: float = DEFAULT_LEASE_S,
-    stop_when_idle: bool = False,
-    max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    results_location: str = "",
+    store: JobStore, worker: str, urls: ServiceUrls, config: WorkerConfig = WorkerConfig(), stop_when_idle: bool = False
 ) -> None:
     while True:
-        job = store.claim(worker, lease_s)
+        job = store.claim(worker, config.lease_s)
         if job is None:
             if stop_when_idle:
                 return
             time.sleep(IDLE_POLL_S)
             continue
         log.info("worker %s runs job %s (attempt %d)", worker, job.id, job.attempts)
-        run_job(
-            store,
-            job,
-            worker,
-            urls,
-            lease_s,
-            max_in_flight=max_in_flight,
-            retry=retry,
-            results_location=results_location,
-        )
+        run_job(store, job, worker, urls, config)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,16 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     urls = ServiceUrls(args.tiler, args.preprocess, args.detector, args.aggregator)
-    run_worker(
-        JobStore(make_engine(args.database)),
-        args.name,
-        urls,
-        args.lease_s,
-        args.stop_when_idle,
-        args.batches_in_flight,
-        RetryPolicy(budget_s=args.retry_budget_s),
-        args.results_location,
+    config = WorkerConfig(
+        lease_s=args.lease_s,
+        max_in_flight=args.batches_in_flight,
+        retry=RetryPolicy(budget_s=args.retry_budget_s),
+        results_location=args.results_location,
     )
+    run_worker(JobStore(make_engine(args.database)), args.name, urls, config, args.stop_when_idle)
 
 
 if __name__ == "__main__":

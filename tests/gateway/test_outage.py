@@ -20,7 +20,7 @@ from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer, free_port
 from services.gateway.jobs import FAILED, RUNNING, SUCCEEDED, JobStore, make_engine
 from services.gateway.orchestrate import ServiceUrls
-from services.gateway.worker import RetryPolicy, run_worker
+from services.gateway.worker import RetryPolicy, WorkerConfig, run_worker
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT, TRITON_VENV
 
 pytestmark = pytest.mark.integration
@@ -31,9 +31,10 @@ def _work(store: JobStore, urls: ServiceUrls, budget_s: float) -> threading.Thre
         target=run_worker,
         args=(store, "worker", urls),
         kwargs={
-            "lease_s": 10.0,
+            "config": WorkerConfig(
+                lease_s=10.0, retry=RetryPolicy(budget_s=budget_s, first_delay_s=0.5, max_delay_s=2.0)
+            ),
             "stop_when_idle": True,
-            "retry": RetryPolicy(budget_s=budget_s, first_delay_s=0.5, max_delay_s=2.0),
         },
     )
     thread.start()
