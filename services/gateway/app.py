@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
@@ -26,21 +27,25 @@ from urllib.parse import unquote_plus
 import cv2
 import httpx
 import numpy as np
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from mitoscope.watch import DEFAULT_SETTLE_S, QUEUED, SCORED, SlideSource, Watcher, WrittenSlide, open_source
-from mitoscope.watch import FAILED as WATCH_FAILED
+from mitoscope import watch
+from mitoscope.watch import SlideSource, Watcher, WrittenSlide, open_source
 from services.aggregator.exports import csv_text, geojson_document, render_overview
 from services.common import objectstore
 from services.common.objectstore import ObjectStoreError, S3Config, is_s3_uri, parse_s3_uri
 from services.common.web import service_app
 from services.gateway.jobs import (
+    CANCELLED,
+    FAILED,
     FINAL_STATES,
+    QUEUED,
+    RUNNING,
     SUCCEEDED,
     Job,
     JobStateError,
@@ -80,7 +85,7 @@ class Settings(BaseSettings):
         "aggregator's output root must be the slide root for a folder",
     )
     watch_poll_s: float = 5.0
-    watch_settle_s: float = DEFAULT_SETTLE_S
+    watch_settle_s: float = watch.DEFAULT_SETTLE_S
     results_location: str = Field(
         default="", description="s3://bucket/prefix where each job's exports are written, under its id"
     )
@@ -158,6 +163,14 @@ class CreateJob(BaseModel):
     slide_id: str
     model: str | None = None
     options: JobOptions = JobOptions()
+
+
+class JobState(StrEnum):
+    queued = QUEUED
+    running = RUNNING
+    succeeded = SUCCEEDED
+    failed = FAILED
+    cancelled = CANCELLED
 
 
 class JobOut(BaseModel):
@@ -358,14 +371,14 @@ class JobScorer:
         g.add_slide(slide.name, location, digest, None)
         options = JobOptions(output_location=output).model_dump()
         job, _ = g.jobs.create(location, g.settings.default_model, options, f"watch:sha256:{digest}")
-        return {"state": QUEUED, "job": job.id}
+        return {"state": watch.QUEUED, "job": job.id}
 
     def follow(self, entry: dict[str, str]) -> dict[str, str]:
         job = self.gateway.jobs.get(entry["job"])
         if job.state == SUCCEEDED:
-            return {**entry, "state": SCORED}
+            return {**entry, "state": watch.SCORED}
         if job.state in FINAL_STATES:
-            return {**entry, "state": WATCH_FAILED, "error": job.error or f"the job was {job.state}"}
+            return {**entry, "state": watch.FAILED, "error": job.error or f"the job was {job.state}"}
         return entry
 
 
@@ -469,6 +482,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not created:
             response.status_code = 200
         return JobOut.of(job)
+
+    @app.get("/v1/jobs", summary="Jobs, newest first", tags=["jobs"])
+    def list_jobs(
+        gateway: GatewayDep,
+        state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[JobOut]:
+        return [JobOut.of(job) for job in gateway.jobs.list(limit, state.value if state else None)]
 
     @app.get("/v1/jobs/{job_id}", summary="State and progress of a job", tags=["jobs"])
     def get_job(job_id: str, gateway: GatewayDep) -> JobOut:

@@ -224,9 +224,13 @@ class JobStore:
             row = conn.execute(select(jobs_table).where(jobs_table.c.idempotency_key == idempotency_key)).one_or_none()
         return None if row is None else _job(row)
 
-    def list(self, limit: int = 100) -> list[Job]:
+    def list(self, limit: int = 100, state: str | None = None) -> list[Job]:
+        """The newest jobs first, optionally only those in one state."""
+        query = select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(jobs_table.c.state == state)
         with self.engine.begin() as conn:
-            rows = conn.execute(select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)).all()
+            rows = conn.execute(query).all()
         return [_job(r) for r in rows]
 
     def claim(self, worker: str, lease_s: float = DEFAULT_LEASE_S) -> Job | None:

@@ -69,6 +69,9 @@ def test_upload_score_and_fetch_the_result_over_rest(e2e_slide: Path, tmp_path: 
             assert "event: end" in text and '"state":"succeeded"' in text
             final = client.get(f"/v1/jobs/{job_id}").json()
             assert final["state"] == "succeeded" and final["progress"] == 1.0
+            assert [j["id"] for j in client.get("/v1/jobs", params={"state": "succeeded"}).json()] == [job_id]
+            assert client.get("/v1/jobs", params={"state": "queued"}).json() == []
+            assert client.get("/v1/jobs", params={"state": "done"}).status_code == 422
             result = client.get(f"/v1/jobs/{job_id}/result").json()
             geojson = client.get(f"/v1/jobs/{job_id}/result.geojson").json()
             csv_lines = client.get(f"/v1/jobs/{job_id}/result.csv").text.strip().splitlines()
