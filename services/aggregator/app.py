@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             GradingParameterError: (422, "bad_grading_parameter"),
             ExportLocationError: (422, "bad_output_location"),
             objectstore.NoSuchObjectError: (422, "bad_output_location"),
+            objectstore.ObjectStoreRefusedError: (422, "bad_output_location"),
             objectstore.ObjectStoreUnavailableError: (503, "storage_unavailable"),
         },
         max_concurrent_requests=settings.max_concurrent_requests,

@@ -34,7 +34,11 @@ class NoSuchObjectError(ObjectStoreError):
 
 
 class ObjectStoreUnavailableError(ObjectStoreError):
-    """The object store did not answer, refused the request, or is not configured."""
+    """The object store did not answer, failed (5xx), or is not configured: worth retrying later."""
+
+
+class ObjectStoreRefusedError(ObjectStoreError):
+    """The object store answered and refused (access denied, bad keys, invalid name): not transient."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class _Translated:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        from minio.error import S3Error
+        from minio.error import MinioException, S3Error
         from urllib3.exceptions import HTTPError
 
         if exc is None or isinstance(exc, ObjectStoreError):
@@ -137,8 +141,13 @@ class _Translated:
         if isinstance(exc, S3Error):
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 raise NoSuchObjectError(f"{self.uri}: no such object ({exc.code})") from exc
-            raise ObjectStoreUnavailableError(f"{self.uri}: the object store refused the request: {exc}") from exc
-        if isinstance(exc, HTTPError):
+            status = exc.response.status if exc.response is not None else 0
+            if 400 <= status < 500:
+                raise ObjectStoreRefusedError(
+                    f"{self.uri}: the object store at {self.config.endpoint} refused: {exc.code}: {exc.message}"
+                ) from exc
+            raise ObjectStoreUnavailableError(f"{self.uri}: the object store failed: {exc}") from exc
+        if isinstance(exc, MinioException | HTTPError):  # no S3 answer: a proxy page, a reset, a timeout
             raise ObjectStoreUnavailableError(
                 f"{self.uri}: cannot reach the object store at {self.config.endpoint}: {exc}"
             ) from exc
@@ -154,10 +163,14 @@ def stat(uri: str, config: S3Config) -> ObjectInfo:
 
 
 def download(uri: str, destination: Path, config: S3Config) -> None:
-    """Download to `destination` (minio writes a `.part.minio` file first and renames it)."""
+    """Download to `destination` through a `.part` file beside it, removed whatever happens."""
     bucket, key = parse_s3_uri(uri)
-    with _Translated(uri, config):
-        client(config).fget_object(bucket, key, str(destination))
+    part = destination.with_name(destination.name + ".part")
+    try:
+        with _Translated(uri, config):
+            client(config).fget_object(bucket, key, str(destination), tmp_file_path=str(part))
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def chunks(uri: str, config: S3Config) -> Iterator[bytes]:
@@ -211,7 +224,9 @@ def make_bucket(bucket: str, config: S3Config) -> None:
 
 
 def problems(config: S3Config) -> list[str]:
-    """What keeps the object store from serving now (empty when it answers), for readiness."""
+    """What keeps the object store from serving now (empty when it answers), for readiness.
+
+    Any S3 answer counts, a refusal included: a key without ListAllMyBuckets is still served."""
     quick = S3Config(
         config.endpoint,
         config.access_key,
@@ -225,6 +240,8 @@ def problems(config: S3Config) -> list[str]:
     try:
         with _Translated(f"s3://{config.endpoint}", quick):
             client(quick).list_buckets()
-    except ObjectStoreError as e:
+    except ObjectStoreUnavailableError as e:
         return [str(e)]
+    except ObjectStoreError:
+        pass  # it answered
     return []

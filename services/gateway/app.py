@@ -411,6 +411,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             UploadTooLargeError: (413, "upload_too_large"),
             UnsupportedMediaTypeError: (415, "unsupported_media_type"),
             objectstore.ObjectStoreUnavailableError: (503, "storage_unavailable"),
+            objectstore.ObjectStoreRefusedError: (422, "storage_refused"),
+            objectstore.NoSuchObjectError: (422, "storage_location"),
             UnknownSlideError: (404, "unknown_slide"),
             UnknownJobError: (404, "unknown_job"),
             ResultNotReadyError: (409, "result_not_ready"),

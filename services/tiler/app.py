@@ -28,7 +28,7 @@ from services.common import objectstore
 from services.common.messages import batch_to_message, plan_to_message
 from services.common.objectstore import S3Config
 from services.common.web import DEFAULT_MAX_CONCURRENT_REQUESTS, message_response, service_app
-from services.tiler.errors import SlideError, SlideNotFoundError, StorageUnavailableError
+from services.tiler.errors import SlideError, SlideNotFoundError, StorageRefusedError, StorageUnavailableError
 from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from services.tiler.planning import OVERVIEW_MAX_SIDE_PX, SlidePlan, plan_slide
 from services.tiler.reader import ReadGeometry, read_tile
@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors={
             SlideNotFoundError: (404, "slide_not_found"),
             SlideError: (422, "bad_slide"),
+            StorageRefusedError: (422, "storage_refused"),
             StorageUnavailableError: (503, "storage_unavailable"),
         },
         lifespan=lifespan,

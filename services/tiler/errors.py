@@ -7,6 +7,7 @@ TilerError
  │    └── SlideDimensionsError  zero-sized or absurd dimensions
  └── StorageError               the slide cannot be fetched
       ├── SlideNotFoundError    no such file or object (HTTP 404)
+      ├── StorageRefusedError   the object store refuses (access denied, bad keys) (HTTP 422)
       └── StorageUnavailableError  the object store cannot be reached (HTTP 503)
 """
 
@@ -43,3 +44,7 @@ class SlideNotFoundError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """The object store did not answer or refused the request."""
+
+
+class StorageRefusedError(StorageError):
+    """The object store answered and refused: access denied, wrong keys, an invalid name."""

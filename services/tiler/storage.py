@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.common import objectstore
 from services.common.objectstore import S3Config, is_s3_uri
-from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
+from services.tiler.errors import SlideNotFoundError, StorageRefusedError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def fetch_s3(uri: str, cache: SlideCache, config: S3Config) -> Path:
             raise
     except objectstore.NoSuchObjectError as e:
         raise SlideNotFoundError(str(e)) from e
+    except objectstore.ObjectStoreRefusedError as e:
+        raise StorageRefusedError(str(e)) from e
     except objectstore.ObjectStoreUnavailableError as e:
         raise StorageUnavailableError(str(e)) from e
     return cache.store(source_id, tmp_path, uri.rsplit("/", 1)[-1])

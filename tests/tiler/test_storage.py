@@ -20,7 +20,7 @@ import pytest
 from mitoscope.s3server import SeaweedS3
 from mitoscope.synth import SynthParams, make_slide
 from services.detector.triton_server import free_port
-from services.tiler.errors import SlideNotFoundError, StorageUnavailableError
+from services.tiler.errors import SlideNotFoundError, StorageRefusedError, StorageUnavailableError
 from services.tiler.slide import open_slide
 from services.tiler.storage import S3Config, SlideCache, fetch_s3, resolve_slide
 
@@ -142,7 +142,7 @@ def test_fetch_s3_downloads_once_into_the_content_addressed_cache(
 
     assert again == local and again.stat().st_ino == inode
     assert downloads == [f"{BUCKET}/s.svs"], "the unchanged object was downloaded a second time"
-    assert not list(cache_root.glob("*.partial")) and not list(cache_root.glob("*.part.minio"))
+    assert not list(cache_root.glob("*.part*"))  # no download leftovers
     with open_slide(again) as slide:
         assert (slide.info.width_px, slide.info.height_px) == (1024, 1024)
 
@@ -162,6 +162,17 @@ def test_fetch_s3_missing_bucket_is_not_found(s3_config: S3Config, tmp_path: Pat
     with pytest.raises(SlideNotFoundError) as info:
         fetch_s3(uri, SlideCache(tmp_path / "cache"), s3_config)
     assert uri in str(info.value)
+
+
+@pytest.mark.integration
+def test_fetch_s3_with_wrong_keys_is_refused_not_unavailable(s3: SeaweedS3, tmp_path: Path) -> None:
+    from services.common import objectstore
+
+    config = S3Config(s3.endpoint, s3.access_key, "not-the-secret")
+    with pytest.raises(StorageRefusedError, match=s3.endpoint):
+        fetch_s3(f"s3://{BUCKET}/s.svs", SlideCache(tmp_path / "cache"), config)
+    assert not list((tmp_path / "cache").glob("*.part*"))
+    assert objectstore.problems(config) == []  # it answers: ready, and jobs fail with the reason at once
 
 
 @pytest.mark.integration
