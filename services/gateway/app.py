@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     aggregator_url: str = "http://127.0.0.1:8104"
     default_model: str = "yolov5n_mitosis"
     worker_threads: int = 1
-    batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT
+    batches_in_flight: int = Field(default=DEFAULT_BATCHES_IN_FLIGHT, ge=1)
     retry_budget_s: float = DEFAULT_RETRY.budget_s
     watch_location: str = Field(
         default="",
@@ -248,6 +248,8 @@ class Gateway:
                 watcher.poll()
             except (ObjectStoreError, OSError) as e:  # the store or folder is away: look again later
                 log.warning("watching %s: %s", self.settings.watch_location, e)
+            except Exception:  # keep watching whatever one look met; the log says what
+                log.exception("watching %s", self.settings.watch_location)
             self._stop.wait(self.settings.watch_poll_s)
 
     def problems(self) -> list[str]:
@@ -267,7 +269,10 @@ class Gateway:
 
     def _work(self, name: str) -> None:
         while not self._stop.is_set():
-            run_worker(self.jobs, name, self.urls, self.worker_config, stop_when_idle=True)
+            try:
+                run_worker(self.jobs, name, self.urls, self.worker_config, stop_when_idle=True)
+            except Exception:  # keep the worker alive whatever one pass met; the log says what
+                log.exception("worker %s", name)
             self._stop.wait(EVENT_POLL_S)
 
     def stop(self) -> None:

@@ -3,15 +3,17 @@
 The same steps as the embedded pipeline (`mitoscope.pipeline.score_slide`), each done by the
 service that owns it, with protobuf bodies between them. At most `max_in_flight` batches are on
 their way at once, and the next is sent only when a finished one has been taken: memory stays
-bounded however large the slide. Durable checkpoints belong to the jobs layer built on top.
+bounded however large the slide. Every HTTP call goes through a `StepRunner`, so the jobs layer
+retries the one call that failed (not the whole batch); durable checkpoints belong there too.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -25,12 +27,26 @@ DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_BATCHES_IN_FLIGHT = 2  # one batch read and normalised while the previous one is detected
 
 
+T = TypeVar("T")
+
+
+class StepRunner(Protocol):
+    """Runs one HTTP step (`what` names it in errors): once, or with retries."""
+
+    def __call__(self, step: Callable[[], T], what: str) -> T: ...
+
+
+def run_once(step: Callable[[], T], what: str) -> T:
+    return step()
+
+
 class ServiceError(RuntimeError):
     """A service answered with an error; the message carries its status and JSON error."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
 
     @property
     def transient(self) -> bool:
@@ -52,13 +68,16 @@ def _check(response: httpx.Response, what: str) -> httpx.Response:
             detail = response.json().get("message", response.text)
         except ValueError:
             detail = response.text
-        raise ServiceError(f"{what}: HTTP {response.status_code}: {detail}", response.status_code)
+        try:
+            retry_after_s: float | None = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            retry_after_s = None
+        raise ServiceError(f"{what}: HTTP {response.status_code}: {detail}", response.status_code, retry_after_s)
     return response
 
 
-def _post_message(client: httpx.Client, url: str, message: Any, what: str) -> bytes:
-    response = client.post(url, content=message.SerializeToString(), headers={"content-type": PROTOBUF_CONTENT_TYPE})
-    return _check(response, what).content
+def _post_message(client: httpx.Client, url: str, message: Any) -> httpx.Response:
+    return client.post(url, content=message.SerializeToString(), headers={"content-type": PROTOBUF_CONTENT_TYPE})
 
 
 class SlideSession:
@@ -74,9 +93,10 @@ class SlideSession:
         batch_size: int = DEFAULT_BATCH_SIZE,
         field_diameter_mm: float = 0.0,
         output_location: str = "",
+        run: StepRunner = run_once,
     ) -> None:
-        self.client, self.urls, self.model, self.batch_size = client, urls, model, batch_size
-        described = _check(client.get(f"{urls.detector}/v1/models/{model}"), "detector model").json()
+        self.client, self.urls, self.model, self.batch_size, self.run = client, urls, model, batch_size, run
+        described = self._call(lambda: client.get(f"{urls.detector}/v1/models/{model}"), "detector model").json()
         self.slide = {
             "location": location,
             "mpp_um_per_px": mpp_um_per_px,
@@ -84,17 +104,18 @@ class SlideSession:
             "tile_px": described["input_size_px"],
         }
         self.plan = pb.Plan.FromString(
-            _check(client.post(f"{urls.tiler}/v1/plan", json=self.slide), "tiler plan").content
+            self._call(lambda: client.post(f"{urls.tiler}/v1/plan", json=self.slide), "tiler plan").content
         )
         self.total_tiles = len(self.plan.tiles)
         self.batch_count = (self.total_tiles + batch_size - 1) // batch_size
         step = max(1, self.total_tiles // STATS_SAMPLE_TILES)
         sample = list(range(self.total_tiles))[::step][:STATS_SAMPLE_TILES]
-        sample_batch = _check(
-            client.post(f"{urls.tiler}/v1/batch", json={**self.slide, "indices": sample}), "tiler sample"
+        sample_batch = self._call(
+            lambda: client.post(f"{urls.tiler}/v1/batch", json={**self.slide, "indices": sample}), "tiler sample"
         ).content
+        stats_request = pb.TileBatch.FromString(sample_batch)
         self.source = pb.LabStats.FromString(
-            _post_message(client, f"{urls.preprocess}/v1/stats", pb.TileBatch.FromString(sample_batch), "stats")
+            self._call(lambda: _post_message(client, f"{urls.preprocess}/v1/stats", stats_request), "stats").content
         )
         self.target = stats_to_message(LabStats.from_dict(described["reinhard_target_lab"]))
         self.aggregate_request = pb.AggregateRequest(
@@ -116,52 +137,55 @@ class SlideSession:
             target_lab=self.target,
         )
 
+    def _call(self, request: Callable[[], httpx.Response], what: str) -> httpx.Response:
+        return self.run(lambda: _check(request(), what), what)
+
     def tiles_in(self, batch_index: int) -> int:
         return min(self.batch_size, self.total_tiles - batch_index * self.batch_size)
 
     def detect_batch(self, batch_index: int) -> pb.Detections:
-        start = batch_index * self.batch_size
-        raw = _check(
-            self.client.post(
-                f"{self.urls.tiler}/v1/batch", json={**self.slide, "start": start, "count": self.batch_size}
-            ),
-            "tiler batch",
-        ).content
-        normalised = _post_message(
-            self.client,
-            f"{self.urls.preprocess}/v1/normalise",
-            pb.NormaliseRequest(batch=pb.TileBatch.FromString(raw), source=self.source, target=self.target),
-            "normalise",
+        start, client, urls = batch_index * self.batch_size, self.client, self.urls
+        batch = {**self.slide, "start": start, "count": self.batch_size}
+        raw = self._call(lambda: client.post(f"{urls.tiler}/v1/batch", json=batch), f"tiler batch {batch_index}")
+        normalise = pb.NormaliseRequest(
+            batch=pb.TileBatch.FromString(raw.content), source=self.source, target=self.target
         )
-        detections = _post_message(
-            self.client,
-            f"{self.urls.detector}/v1/detect",
-            pb.DetectRequest(batch=pb.TileBatch.FromString(normalised), model=self.model),
-            "detect",
+        normalised = self._call(
+            lambda: _post_message(client, f"{urls.preprocess}/v1/normalise", normalise),
+            f"normalise batch {batch_index}",
         )
-        return pb.Detections.FromString(detections)
+        detect = pb.DetectRequest(batch=pb.TileBatch.FromString(normalised.content), model=self.model)
+        found = self._call(
+            lambda: _post_message(client, f"{urls.detector}/v1/detect", detect), f"detect batch {batch_index}"
+        )
+        return pb.Detections.FromString(found.content)
 
     def aggregate(self, detections: list[pb.Detections]) -> dict[str, Any]:
         request = pb.AggregateRequest()
         request.CopyFrom(self.aggregate_request)
         request.detections.extend(detections)
-        response = self.client.post(
-            f"{self.urls.aggregator}/v1/aggregate",
-            content=request.SerializeToString(),
-            headers={"content-type": PROTOBUF_CONTENT_TYPE},
+        response = self._call(
+            lambda: _post_message(self.client, f"{self.urls.aggregator}/v1/aggregate", request), "aggregate"
         )
-        result: dict[str, Any] = _check(response, "aggregate").json()
+        result: dict[str, Any] = response.json()
         return result
 
 
 def detect_in_flight(
-    detect: Callable[[int], pb.Detections], batch_indices: Iterable[int], max_in_flight: int
+    detect: Callable[[int], pb.Detections],
+    batch_indices: Iterable[int],
+    max_in_flight: int,
+    stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, pb.Detections]]:
     """(batch index, detections) as batches finish, with at most `max_in_flight` outstanding.
 
-    A new batch is sent only when the caller takes a finished one (backpressure); when the caller
-    stops early or a batch fails, nothing more is sent and the batches in flight are awaited."""
+    A new batch is sent only when the caller takes a finished one (backpressure). When the caller
+    stops early or a batch fails, nothing more is sent, `stop` is set (so batches waiting to retry
+    give up at once) and the batches in flight are awaited."""
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
     pending = iter(batch_indices)
+    finished_all = False
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batch") as pool:
         in_flight: dict[Future[pb.Detections], int] = {}
         try:
@@ -177,7 +201,10 @@ def detect_in_flight(
                     following = next(pending, None)
                     if following is not None:
                         in_flight[pool.submit(detect, following)] = following
+            finished_all = True
         finally:
+            if not finished_all and stop is not None:
+                stop.set()
             for future in in_flight:
                 future.cancel()
 

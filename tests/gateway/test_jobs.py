@@ -113,9 +113,54 @@ def test_transient_failures_are_retried_with_backoff_then_reported() -> None:
         retry(fails_with(422), RetryPolicy())  # not transient: no retry
     assert waits == []
     now[0] = 0.0
-    with pytest.raises(GaveUpError, match=r"batch 0: still failing after 30 s of retries: detect: HTTP 429"):
-        retry(fails_with(429), RetryPolicy(budget_s=40, first_delay_s=2, max_delay_s=16))  # busy, then budget spent
+    with pytest.raises(GaveUpError, match=r"batch 0: still failing after 30 s of retries: detect: HTTP 503"):
+        retry(fails_with(503), RetryPolicy(budget_s=40, first_delay_s=2, max_delay_s=16))
     assert waits == [2, 4, 8, 16]
+
+
+def test_a_busy_service_is_waited_for_as_it_asks_outside_the_outage_budget() -> None:
+    from services.gateway.orchestrate import ServiceError
+    from services.gateway.worker import GaveUpError, RetryPolicy, with_retries
+
+    now, waits = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    answers = [ServiceError("detect: HTTP 429: busy", 429, retry_after_s=3.0)] * 5 + [None]
+
+    def busy_then_done() -> str:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return "done"
+
+    policy = RetryPolicy(budget_s=5, busy_budget_s=100)
+    assert with_retries(busy_then_done, "detect", policy, clock=lambda: now[0], sleep=sleep) == "done"
+    assert waits == [3.0] * 5  # 15 s of waiting, more than the outage budget, as Retry-After asked
+
+    def always_busy() -> str:
+        raise ServiceError("detect: HTTP 429: busy", 429, retry_after_s=10.0)
+
+    with pytest.raises(GaveUpError, match="stayed busy for 30 s"):
+        with_retries(always_busy, "detect", RetryPolicy(busy_budget_s=35), clock=lambda: now[0], sleep=sleep)
+
+
+def test_a_stopped_retry_gives_up_at_once() -> None:
+    from services.gateway.orchestrate import ServiceError
+    from services.gateway.worker import RetryPolicy, StoppedError, with_retries
+
+    stop = threading.Event()
+    stop.set()
+
+    def down() -> str:
+        raise ServiceError("detect: HTTP 503", 503)
+
+    started = time.monotonic()
+    with pytest.raises(StoppedError):
+        with_retries(down, "batch 3", RetryPolicy(first_delay_s=30), stop=stop)
+    assert time.monotonic() - started < 5
 
 
 def test_a_failed_job_is_retried_with_its_checkpoints(store: JobStore) -> None:
@@ -137,10 +182,12 @@ def test_eta_follows_this_attempts_rate(store: JobStore) -> None:
     assert store.get(job.id).eta_s is None  # queued
     store.claim("w", lease_s=60)
     assert store.get(job.id).eta_s is None  # nothing done yet
-    time.sleep(0.3)
+    time.sleep(0.05)
     store.checkpoint(job.id, "w", 0, b"x", 10, 40)
-    eta = store.get(job.id).eta_s
-    assert eta is not None and 0.8 <= eta <= 3.0  # 30 tiles left at ~10 tiles per 0.3 s
+    running = store.get(job.id)
+    assert running.claimed_at is not None
+    elapsed_s = (running.updated_at - running.claimed_at).total_seconds()
+    assert elapsed_s > 0 and running.eta_s == round(30 * elapsed_s / 10, 1)  # 30 tiles left at 10 per elapsed_s
 
 
 def test_a_database_from_before_the_eta_gets_its_columns(store: JobStore) -> None:

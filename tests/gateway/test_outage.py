@@ -41,6 +41,19 @@ def _work(store: JobStore, urls: ServiceUrls, budget_s: float) -> threading.Thre
     return thread
 
 
+def _detect_calls(detector_url: str) -> int:
+    """Successful /v1/detect requests the detector has served, from its Prometheus metrics."""
+    total = 0
+    for line in httpx.get(f"{detector_url}/metrics").text.splitlines():
+        if (
+            line.startswith("mitoscope_http_requests_total{")
+            and 'route="/v1/detect"' in line
+            and 'status="200"' in line
+        ):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
 def test_jobs_wait_out_triton_and_resume_from_checkpoints(e2e_slide: Path, tmp_path: Path) -> None:
     if not TRITON_VENV.exists():
         pytest.skip("no .venv-triton")
@@ -92,14 +105,17 @@ def test_jobs_wait_out_triton_and_resume_from_checkpoints(e2e_slide: Path, tmp_p
 
         # 3. Triton is back; the retried job computes only what is missing.
         server = triton()
+        detected_before = _detect_calls(urls.detector)
         store.requeue(interrupted.id)
         worker = _work(store, urls, budget_s=60)
         worker.join(300)
+        detected_on_retry = _detect_calls(urls.detector) - detected_before
     engine.dispose()
     finished = store.get(interrupted.id)
     assert finished.state == SUCCEEDED and finished.result is not None, finished.error
     checkpoints = store.checkpoints(interrupted.id)
-    assert all(checkpoints[i] == payload for i, payload in kept.items())  # nothing recomputed, nothing lost
+    assert all(checkpoints[i] == payload for i, payload in kept.items())  # nothing lost
+    assert detected_on_retry == len(checkpoints) - len(kept)  # only the missing batches were detected
     detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
     local = score_slide(slides / "case.svs", tmp_path / "local", detector, ScoreOptions(batch_size=8))
     detector.close()
