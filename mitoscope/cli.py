@@ -426,7 +426,8 @@ def watch(
     from mitoscope.watch import InProcessScorer, Watcher, describe, open_source
     from services.common.objectstore import ObjectStoreError, is_s3_uri
     from services.detector.detector import open_detector
-    from services.detector.errors import DetectorError
+    from services.detector.errors import DetectorError, InferenceServerError
+    from services.tiler.errors import StorageUnavailableError
 
     if not is_s3_uri(location) and not Path(location).is_dir():
         raise _fail(f"{location}: no such folder", EXIT_BAD_INPUT)
@@ -442,11 +443,11 @@ def watch(
         while True:
             try:
                 handled = watcher.poll()
-            except ObjectStoreError as e:  # the store is down: say so and look again later
-                console.print(f"[yellow]{e}[/]")
+            except (ObjectStoreError, StorageUnavailableError, InferenceServerError) as e:
+                console.print(f"[yellow]{e}; looking again in {poll_s:.0f} s[/]")  # not the slides' fault
                 handled = []
             for slide in handled:
-                entry = next(e for e in source.load_ledger().values() if e["slide"] == slide.name)
+                entry = next(e for e in source.load_ledger().slides.values() if e["slide"] == slide.name)
                 console.print(f"{slide.name}: {describe(entry)}")
             looks += 1
             if once and (looks == 2 or is_s3_uri(location)):  # a folder's first look only notes sizes

@@ -221,6 +221,11 @@ class SeaweedS3:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def temp_socket_dir(self) -> Path | None:
+        """The private /tmp folder of weed's unix sockets when tmp_dir's path was too long for them."""
+        return self._socket_dir
+
 
 def remove_grpc_sockets(ports: dict[str, int]) -> None:
     """weed also opens `/tmp/seaweedfs-<component>-grpc-<port>.sock` (a fixed directory, no flag

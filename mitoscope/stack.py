@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,13 +116,19 @@ class Stack:
     s3: bool = False
     urls: dict[str, str] = field(default_factory=dict)
     s3_config: S3Config | None = None
+    s3_socket_dir: Path | None = None  # weed's sockets in /tmp when the state dir's path is too long
 
     def _start_s3(self) -> tuple[int, dict[str, int]]:
         server = SeaweedS3(self.state_dir / "s3")
         server.start()
-        self.s3_config = S3Config(server.endpoint, server.access_key, server.secret_key)
-        objectstore.make_bucket(S3_BUCKET, self.s3_config)
+        try:
+            self.s3_config = S3Config(server.endpoint, server.access_key, server.secret_key)
+            objectstore.make_bucket(S3_BUCKET, self.s3_config)
+        except BaseException:
+            server.stop()
+            raise
         self.urls["s3"] = f"http://{server.endpoint}"
+        self.s3_socket_dir = server.temp_socket_dir
         assert server.pid is not None
         return server.pid, server.ports
 
@@ -175,7 +182,7 @@ class Stack:
         except BaseException:
             self.down(pids, s3_ports)
             raise
-        state = {"pids": pids, "urls": self.urls, "s3_ports": s3_ports}
+        state = {"pids": pids, "urls": self.urls, "s3_ports": s3_ports, "s3_socket_dir": str(self.s3_socket_dir or "")}
         (self.state_dir / "stack.json").write_text(json.dumps(state, indent=1))
         return self.urls
 
@@ -186,6 +193,7 @@ class Stack:
                 return []
             saved = json.loads(state.read_text())
             pids, s3_ports = saved["pids"], saved.get("s3_ports", {})
+            self.s3_socket_dir = Path(saved["s3_socket_dir"]) if saved.get("s3_socket_dir") else None
         stopped = []
         for name, pid in pids.items():
             try:
@@ -207,5 +215,7 @@ class Stack:
                 except ProcessLookupError:
                     pass
         remove_grpc_sockets(s3_ports or {})
+        if self.s3_socket_dir is not None:
+            shutil.rmtree(self.s3_socket_dir, ignore_errors=True)
         state.unlink(missing_ok=True)
         return stopped

@@ -27,11 +27,11 @@ from typing import Protocol
 from mitoscope.pipeline import ScoreOptions, score_slide
 from services.aggregator.errors import AggregatorError
 from services.common import objectstore
-from services.common.objectstore import ObjectStoreError, S3Config, is_s3_uri
+from services.common.objectstore import ObjectStoreError, ObjectStoreUnavailableError, S3Config, is_s3_uri
 from services.detector.detector import Detector
-from services.detector.errors import DetectorError
+from services.detector.errors import DetectorError, InferenceServerError
 from services.preprocess.errors import PreprocessError
-from services.tiler.errors import TilerError
+from services.tiler.errors import StorageUnavailableError, TilerError
 from services.tiler.storage import SlideCache, fetch_s3
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,37 @@ DEFAULT_POLL_S = 2.0
 DEFAULT_CACHE_DIR = Path(".cache/mitoscope/slides")
 SCORED, FAILED, QUEUED = "scored", "failed", "queued"
 
-Ledger = dict[str, dict[str, str]]  # sha256 -> {"slide", "state", "version", "error", "job", "duplicates"}
 ScoreInto = Callable[[Path, Path], None]  # score the local slide file into the results folder
+
+
+@dataclass
+class Ledger:
+    """What the watcher has done: an entry per content (SHA-256) with the slide's name, state
+    (scored, failed, queued), error and job; and every file version seen, so none is hashed twice."""
+
+    slides: dict[str, dict[str, str]] = field(default_factory=dict)
+    seen: dict[str, str] = field(default_factory=dict)  # "<name>@<version>" -> sha256
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Ledger:
+        data = json.loads(text)
+        if "slides" not in data:  # the first format: only the entries, keyed by digest
+            return cls(slides=data)
+        return cls(slides=data["slides"], seen=data.get("seen", {}))
+
+    def to_json(self) -> str:
+        return json.dumps({"slides": self.slides, "seen": self.seen}, indent=1)
 
 
 @dataclass(frozen=True)
 class WrittenSlide:
-    name: str
+    name: str  # relative to the folder or prefix: unique within the source
     location: str  # a local path, or s3://bucket/key
     version: str  # changes whenever the slide is rewritten (size and mtime, or the ETag)
+
+    @property
+    def seen_key(self) -> str:
+        return f"{self.name}@{self.version}"
 
 
 class SlideSource(Protocol):
@@ -108,13 +130,12 @@ class FolderSource:
 
     def load_ledger(self) -> Ledger:
         if not self.ledger_path.exists():
-            return {}
-        ledger: Ledger = json.loads(self.ledger_path.read_text())
-        return ledger
+            return Ledger()
+        return Ledger.from_json(self.ledger_path.read_text())
 
     def save_ledger(self, ledger: Ledger) -> None:
         tmp = self.ledger_path.with_name(LEDGER_NAME + ".tmp")
-        tmp.write_text(json.dumps(ledger, indent=1))
+        tmp.write_text(ledger.to_json())
         tmp.replace(self.ledger_path)
 
     def write_error(self, slide: WrittenSlide, message: str) -> None:
@@ -137,13 +158,19 @@ class S3PrefixSource:
     cache_dir: Path = DEFAULT_CACHE_DIR  # local copies for in-process scoring (OpenSlide needs a file)
 
     @property
+    def _folder(self) -> str:
+        """The prefix as a folder: `s3://b/inbox` must not list `s3://b/inbox-archive/...`."""
+        return self.prefix if self.prefix.endswith("/") or self.prefix.count("/") < 3 else self.prefix + "/"
+
+    @property
     def ledger_uri(self) -> str:
-        return f"{self.prefix.rstrip('/')}/{LEDGER_NAME}"
+        return f"{self._folder.rstrip('/')}/{LEDGER_NAME}"
 
     def slides(self) -> list[WrittenSlide]:
+        folder = self._folder
         return [
-            WrittenSlide(o.uri.rsplit("/", 1)[-1], o.uri, f"{o.size_bytes}:{o.etag}")
-            for o in objectstore.list_objects(self.prefix, self.config)
+            WrittenSlide(o.uri.removeprefix(folder).lstrip("/"), o.uri, f"{o.size_bytes}:{o.etag}")
+            for o in objectstore.list_objects(folder, self.config)
             if _is_slide(o.uri) and o.size_bytes > 0 and f"{RESULTS_SUFFIX}/" not in o.uri
         ]
 
@@ -155,13 +182,12 @@ class S3PrefixSource:
 
     def load_ledger(self) -> Ledger:
         try:
-            ledger: Ledger = json.loads(b"".join(objectstore.chunks(self.ledger_uri, self.config)))
+            return Ledger.from_json(b"".join(objectstore.chunks(self.ledger_uri, self.config)))
         except objectstore.NoSuchObjectError:
-            return {}
-        return ledger
+            return Ledger()
 
     def save_ledger(self, ledger: Ledger) -> None:
-        objectstore.put_bytes(self.ledger_uri, json.dumps(ledger, indent=1).encode(), "application/json", self.config)
+        objectstore.put_bytes(self.ledger_uri, ledger.to_json().encode(), "application/json", self.config)
 
     def write_error(self, slide: WrittenSlide, message: str) -> None:
         objectstore.put_bytes(slide.location + ERROR_SUFFIX, (message + "\n").encode(), "text/plain", self.config)
@@ -210,6 +236,8 @@ class InProcessScorer:
 
         try:
             source.score_into_place(slide, score_into)
+        except (StorageUnavailableError, ObjectStoreUnavailableError, InferenceServerError):
+            raise  # not the slide's fault: it is tried again at the next look
         except (TilerError, DetectorError, PreprocessError, AggregatorError, ObjectStoreError) as e:
             return {"state": FAILED, "error": str(e)}
         return {"state": SCORED}
@@ -224,43 +252,51 @@ class Watcher:
     scorer: Scorer
 
     def poll(self) -> list[WrittenSlide]:
-        """One look: follows slides still being scored, then scores the new ones.
+        """One look: follows slides being scored as jobs, then handles the new ones.
 
-        Returns the slides whose outcome (scored, failed, or queued as a job) was decided now."""
-        handled = []
+        Returns the slides whose outcome (scored, failed, or queued as a job) was decided now.
+        Each version of each file is hashed once; a content already handled is recorded as a
+        duplicate. An unavailable store or inference server propagates: the next look retries."""
         ledger = self.source.load_ledger()
-        changed = False
         slides = {s.name: s for s in self.source.slides()}
-        for entry in ledger.values():
-            if entry["state"] != QUEUED:
-                continue
-            followed = self.scorer.follow(entry)
-            if followed != entry:
-                entry.update(followed)
-                changed = True
-                if (slide := slides.get(entry["slide"])) is not None:
-                    self._report(slide, entry)
-        versions = {entry.get("version") for entry in ledger.values()}
+        changed = self._follow(ledger, slides)
+        handled = []
         for slide in slides.values():
-            if f"{slide.name}@{slide.version}" in versions:
+            if slide.seen_key in ledger.seen:
                 continue
             digest = self.source.sha256(slide)
-            if digest in ledger:
-                entry = ledger[digest]
-                entry["duplicates"] = ",".join(filter(None, [entry.get("duplicates", ""), slide.name]))
-                entry["version"] = f"{slide.name}@{slide.version}"
-                log.info("%s has the content of %s, already handled", slide.name, entry["slide"])
-                self.source.save_ledger(ledger)
+            ledger.seen[slide.seen_key] = digest
+            changed = True
+            known = ledger.slides.get(digest)
+            if known is not None:
+                if slide.name != known["slide"] and slide.name not in known.get("duplicates", "").split(","):
+                    known["duplicates"] = ",".join(filter(None, [known.get("duplicates", ""), slide.name]))
+                log.info("%s has the content of %s, already handled", slide.name, known["slide"])
                 continue
-            entry = {"slide": slide.name, "version": f"{slide.name}@{slide.version}"}
-            entry.update(self.scorer.score(self.source, slide, digest))
-            ledger[digest] = entry
+            entry = {"slide": slide.name, **self.scorer.score(self.source, slide, digest)}
+            ledger.slides[digest] = entry
             self._report(slide, entry)
-            self.source.save_ledger(ledger)
+            self.source.save_ledger(ledger)  # after each slide: a crash loses at most the one in hand
+            changed = False
             handled.append(slide)
         if changed:
             self.source.save_ledger(ledger)
         return handled
+
+    def _follow(self, ledger: Ledger, slides: dict[str, WrittenSlide]) -> bool:
+        """Update slides scored as jobs: queued ones, and failed ones whose job may have been retried."""
+        changed = False
+        for entry in ledger.slides.values():
+            if "job" not in entry or entry["state"] == SCORED:
+                continue
+            followed = self.scorer.follow(entry)
+            if followed != entry:
+                entry.clear()
+                entry.update(followed)
+                changed = True
+                if (slide := slides.get(entry["slide"])) is not None:
+                    self._report(slide, entry)
+        return changed
 
     def _report(self, slide: WrittenSlide, entry: dict[str, str]) -> None:
         if entry["state"] == FAILED:

@@ -27,11 +27,11 @@ def test_every_service_deployment_has_probes_resources_a_service_and_an_autoscal
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
     autoscaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
     assert {"tiler", "preprocess", "detector", "aggregator", "gateway", "worker", "triton"} <= set(deployments)
-    assert set(deployments) <= autoscaled
+    assert set(deployments) - {"watcher"} <= autoscaled  # one watcher, on purpose
     for name, deployment in deployments.items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"]["requests"] and container["resources"]["limits"], name
-        if name == "worker":
+        if name in ("worker", "watcher"):  # no one calls them
             continue
         assert name in services
         if name != "triton":
@@ -69,3 +69,21 @@ def test_services_that_touch_s3_get_its_keys_and_every_setting_is_one_the_code_r
     for name in ("tiler", "aggregator", "gateway", "worker"):
         sources = deployments[name]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {"secretRef": {"name": "mitoscope-s3"}} in sources, name
+
+
+def test_only_one_single_replica_deployment_watches_the_inbox() -> None:
+    docs = _documents()
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert "GATEWAY_WATCH_LOCATION" not in config  # else every gateway replica would watch
+    watching = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and any(
+            e["name"] == "GATEWAY_WATCH_LOCATION" for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        )
+    ]
+    assert [d["metadata"]["name"] for d in watching] == ["watcher"]
+    assert watching[0]["spec"]["replicas"] == 1 and watching[0]["spec"]["strategy"]["type"] == "Recreate"
+    hpas = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert "watcher" not in hpas

@@ -100,6 +100,9 @@ def test_stack_up_scores_over_rest_and_down_stops_everything(
         watched = _wait_for(
             lambda: _read_json(tmp_path / "slides" / WATCH_FOLDER / "scanned.svs.mitoscope/result.json")
         )
+        time.sleep(5)  # two more looks at the inbox
+        jobs = httpx.get(f"{urls['gateway']}/v1/jobs").json()
+        assert [j["slide_location"] for j in jobs].count(f"{WATCH_FOLDER}/scanned.svs") == 1  # scored once
     finally:
         stopped = stack.down()
     assert set(stopped) == {"triton", "tiler", "preprocess", "detector", "aggregator", "gateway"}

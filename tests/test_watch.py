@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mitoscope.s3server import SeaweedS3
-from mitoscope.watch import LEDGER_NAME, FolderSource, InProcessScorer, S3PrefixSource, Watcher
+from mitoscope.watch import LEDGER_NAME, FolderSource, InProcessScorer, S3PrefixSource, Watcher, WrittenSlide
 from services.common import objectstore
 from services.common.objectstore import S3Config
 from services.detector.backends import OnnxRuntimeBackend
@@ -34,9 +34,21 @@ def scorer() -> Iterator[InProcessScorer]:
     detector.close()
 
 
+class CountingFolder(FolderSource):
+    """A folder source that counts how often it reads a file whole to hash it."""
+
+    hashed: list[str]
+
+    def sha256(self, slide: WrittenSlide) -> str:
+        self.hashed.append(slide.name)
+        return super().sha256(slide)
+
+
 @pytest.fixture
 def folder_watcher(tmp_path: Path, scorer: InProcessScorer) -> Watcher:
-    return Watcher(FolderSource(tmp_path, settle_s=5.0, clock=Clock()), scorer)
+    source = CountingFolder(tmp_path, settle_s=5.0, clock=Clock())
+    source.hashed = []
+    return Watcher(source, scorer)
 
 
 def _names(slides: list) -> list[str]:  # type: ignore[type-arg]
@@ -63,8 +75,14 @@ def test_new_slides_are_scored_once_when_written(folder_watcher: Watcher, small_
     folder_watcher.poll()
     clock.now = 40.0
     assert folder_watcher.poll() == []  # same content under another name: not scored again
+    for later in (50.0, 60.0, 70.0):
+        clock.now = later
+        assert folder_watcher.poll() == []
+    hashed: list[str] = source.hashed  # type: ignore[attr-defined]
+    assert sorted(hashed) == ["case-1-copy.svs", "case-1.svs"]  # each file read whole once, however many looks
     ledger = json.loads((source.folder / LEDGER_NAME).read_text())
-    assert len(ledger) == 1 and "case-1-copy.svs" in next(iter(ledger.values()))["duplicates"]
+    assert len(ledger["slides"]) == 1
+    assert next(iter(ledger["slides"].values()))["duplicates"] == "case-1-copy.svs"
     assert not (source.folder / "case-1-copy.svs.mitoscope").exists()
 
 
@@ -92,11 +110,17 @@ def test_an_s3_prefix_is_watched_like_a_folder(small_slide: Path, tmp_path: Path
         objectstore.put_bytes("s3://scanner/inbox/broken.svs", b"not a slide at all", "image/tiff", config)
         objectstore.put_bytes("s3://scanner/inbox/notes.txt", b"hello", "text/plain", config)
         objectstore.put_file("s3://scanner/elsewhere/case-2.svs", small_slide, config)  # outside the prefix
+        objectstore.put_file("s3://scanner/inbox-archive/case-3.svs", small_slide, config)  # a sibling prefix
         source = S3PrefixSource("s3://scanner/inbox", config, tmp_path / "cache")
+        hashed: list[str] = []
+        real_sha256 = source.sha256
+        source.sha256 = lambda slide: hashed.append(slide.name) or real_sha256(slide)  # type: ignore[method-assign]
         watcher = Watcher(source, scorer)
 
         assert sorted(_names(watcher.poll())) == ["broken.svs", "case-1.svs"]
-        assert watcher.poll() == []  # nothing new: nothing scored, nothing hashed twice
+        for _ in range(3):
+            assert watcher.poll() == []  # nothing new: nothing scored
+        assert sorted(hashed) == ["broken.svs", "case-1.svs", "day2/case-1-again.svs"]  # each object read once
         listed = {o.uri.removeprefix("s3://scanner/") for o in objectstore.list_objects("s3://scanner", config)}
         assert {"inbox/case-1.svs.mitoscope/result.json", "inbox/case-1.svs.mitoscope/overview.png"} <= listed
         assert not any(uri.startswith("inbox/day2/case-1-again.svs.mitoscope") for uri in listed)
@@ -106,5 +130,38 @@ def test_an_s3_prefix_is_watched_like_a_folder(small_slide: Path, tmp_path: Path
         result = json.loads(b"".join(objectstore.chunks("s3://scanner/inbox/case-1.svs.mitoscope/result.json", config)))
         assert result["slide"]["name"] == "case-1.svs"
         ledger = json.loads(b"".join(objectstore.chunks(f"s3://scanner/inbox/{LEDGER_NAME}", config)))
-        assert sorted(e["state"] for e in ledger.values()) == ["failed", "scored"]
-        assert any("case-1-again.svs" in e.get("duplicates", "") for e in ledger.values())
+        assert sorted(e["state"] for e in ledger["slides"].values()) == ["failed", "scored"]
+        assert any(e.get("duplicates") == "day2/case-1-again.svs" for e in ledger["slides"].values())
+        assert "inbox-archive/case-3.svs.mitoscope/result.json" not in listed
+
+
+def test_a_job_that_failed_and_was_retried_clears_its_error(tmp_path: Path, small_slide: Path) -> None:
+    class JobScorer:  # the gateway's scorer, with the job store's answers scripted
+        def __init__(self) -> None:
+            self.job_states = ["running", "failed", "queued", "succeeded"]
+
+        def score(self, source: object, slide: WrittenSlide, digest: str) -> dict[str, str]:
+            return {"state": "queued", "job": "job-1"}
+
+        def follow(self, entry: dict[str, str]) -> dict[str, str]:
+            job_state = self.job_states.pop(0)
+            if job_state == "succeeded":
+                return {**entry, "state": "scored"}
+            if job_state == "failed":
+                return {**entry, "state": "failed", "error": "detect: still failing after 600 s"}
+            return entry
+
+    clock = Clock()
+    watcher = Watcher(FolderSource(tmp_path, settle_s=0.0, clock=clock), JobScorer())
+    shutil.copy(small_slide, tmp_path / "case.svs")
+    error = tmp_path / "case.svs.mitoscope.error.txt"
+    watcher.poll()  # notes the size
+    assert _names(watcher.poll()) == ["case.svs"]  # queued as a job
+    watcher.poll()  # the job runs
+    watcher.poll()  # the job failed: the error is visible
+    assert "still failing after 600 s" in error.read_text()
+    watcher.poll()  # retried (POST /v1/jobs/{id}/retry): still shown as failed until it succeeds
+    watcher.poll()  # succeeded
+    assert not error.exists()
+    ledger = json.loads((tmp_path / LEDGER_NAME).read_text())
+    assert [e["state"] for e in ledger["slides"].values()] == ["scored"]

@@ -11,6 +11,7 @@ the gateway runs `worker_threads` workers itself (0 when separate worker process
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import shutil
@@ -54,10 +55,11 @@ from services.gateway.jobs import (
     make_engine,
 )
 from services.gateway.orchestrate import DEFAULT_BATCHES_IN_FLIGHT, ServiceUrls
-from services.gateway.uploads import UploadError, UploadTooLargeError, receive_multipart
+from services.gateway.uploads import UploadError, UploadStorageError, UploadTooLargeError, receive_multipart
 from services.gateway.worker import DEFAULT_RETRY, RetryPolicy, WorkerConfig, run_worker
 
 MAX_UPLOAD_BYTES = 20 * 1024**3
+MAX_REGISTRATION_BYTES = 64 * 1024
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".dcm", ".vms", ".vmu", ".bif", ".zip")
 EVENT_POLL_S = 0.5
 
@@ -93,6 +95,10 @@ class Settings(BaseSettings):
 
 class BadRequestError(ValueError):
     """The request cannot be served as sent (HTTP 400)."""
+
+
+class DependencyUnavailableError(RuntimeError):
+    """A service the gateway needs for this answer is down or busy (HTTP 503); try again later."""
 
 
 class UnsupportedMediaTypeError(ValueError):
@@ -373,15 +379,17 @@ class JobScorer:
         location = slide.location if is_s3_uri(slide.location) else g.local_location(slide.location)
         results = source.results_location(slide)
         output = results if is_s3_uri(results) else g.local_location(results)
-        g.add_slide(slide.name, location, digest, None)
+        g.add_slide(slide.name.rsplit("/", 1)[-1], location, digest, None)
         options = JobOptions(output_location=output).model_dump()
-        job, _ = g.jobs.create(location, g.settings.default_model, options, f"watch:sha256:{digest}")
+        # One job per content and place: the same slide in another watched place gets its own results.
+        key = "watch:" + hashlib.sha256(f"{output}\n{digest}".encode()).hexdigest()
+        job, _ = g.jobs.create(location, g.settings.default_model, options, key)
         return {"state": watch.QUEUED, "job": job.id}
 
     def follow(self, entry: dict[str, str]) -> dict[str, str]:
         job = self.gateway.jobs.get(entry["job"])
         if job.state == SUCCEEDED:
-            return {**entry, "state": watch.SCORED}
+            return {**{k: v for k, v in entry.items() if k != "error"}, "state": watch.SCORED}
         if job.state in FINAL_STATES:
             return {**entry, "state": watch.FAILED, "error": job.error or f"the job was {job.state}"}
         return entry
@@ -416,6 +424,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             UploadTooLargeError: (413, "upload_too_large"),
             UnsupportedMediaTypeError: (415, "unsupported_media_type"),
             objectstore.ObjectStoreUnavailableError: (503, "storage_unavailable"),
+            DependencyUnavailableError: (503, "dependency_unavailable"),
+            UploadStorageError: (507, "insufficient_storage"),
             objectstore.ObjectStoreRefusedError: (422, "storage_refused"),
             objectstore.NoSuchObjectError: (422, "storage_location"),
             UnknownSlideError: (404, "unknown_slide"),
@@ -451,8 +461,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def add_slide(request: Request, gateway: GatewayDep) -> SlideOut:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json"):
+            raw = b""
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_REGISTRATION_BYTES:
+                    raise UploadTooLargeError(f"a registration is a small JSON object, not {len(raw)}+ bytes")
             try:
-                body = RegisterSlide.model_validate_json(await request.body())
+                body = RegisterSlide.model_validate_json(raw)
             except ValidationError as e:
                 raise BadRequestError(f"registration: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
             return await asyncio.to_thread(gateway.register, body)
@@ -589,7 +604,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def overview_png(job_id: str, gateway: GatewayDep) -> Response:
         result = gateway.result(job_id)
         location = gateway.jobs.get(job_id).slide_location
-        response = httpx.get(f"{settings.tiler_url}/v1/overview.png", params={"location": location}, timeout=120)
+        try:
+            response = httpx.get(f"{settings.tiler_url}/v1/overview.png", params={"location": location}, timeout=120)
+        except httpx.TransportError as e:
+            raise DependencyUnavailableError(f"job {job_id}: the tiler cannot be reached to draw the slide: {e}") from e
+        if response.status_code in (429, 502, 503, 504):
+            raise DependencyUnavailableError(f"job {job_id}: the tiler cannot draw the slide now: {response.text}")
         if response.status_code != 200:
             raise ResultNotReadyError(f"job {job_id}: the tiler cannot draw the slide: {response.text}")
         picture = cv2.cvtColor(

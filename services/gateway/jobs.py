@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
@@ -165,13 +165,22 @@ def make_engine(url: str) -> Engine:
 
 
 def _add_missing_columns(engine: Engine) -> None:
-    """Columns added since a database was created (create_all makes only missing tables)."""
+    """Columns added since a database was created (create_all makes only missing tables).
+
+    Replicas starting together may race to add the same column: PostgreSQL says IF NOT EXISTS,
+    and on SQLite a column another process added first is simply there when we look again."""
     present = {c["name"] for c in inspect(engine).get_columns("jobs")}
-    with engine.begin() as conn:
-        for column in jobs_table.columns:
-            if column.name not in present:
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {column.name} {kind}")
+    for column in jobs_table.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {guard}{column.name} {kind}")
+        except OperationalError:
+            if column.name not in {c["name"] for c in inspect(engine).get_columns("jobs")}:
+                raise
 
 
 class JobStore:

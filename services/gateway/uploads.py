@@ -17,6 +17,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 FILE_FIELD = "file"
+FORM_OVERHEAD_BYTES = 1024 * 1024  # boundaries, part headers and small fields around the file
 
 
 class UploadError(ValueError):
@@ -25,6 +26,10 @@ class UploadError(ValueError):
 
 class UploadTooLargeError(ValueError):
     """An upload exceeds the size limit (HTTP 413)."""
+
+
+class UploadStorageError(OSError):
+    """The gateway could not write the upload (disk full, name too long): HTTP 507."""
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,18 @@ async def receive_multipart(
         raise UploadError("multipart/form-data without a boundary")
     part = _FilePart(folder, max_bytes)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
+    received_bytes = 0
     try:
         async for chunk in body:
+            received_bytes += len(chunk)
+            if received_bytes > max_bytes + FORM_OVERHEAD_BYTES:
+                raise UploadTooLargeError(f"a multipart body of more than {max_bytes + FORM_OVERHEAD_BYTES} bytes")
             parser.write(chunk)
         parser.finalize()
     except (UploadError, UploadTooLargeError):
         raise
+    except OSError as e:
+        raise UploadStorageError(f"the gateway cannot store the upload: {e}") from e
     except Exception as e:  # the parser's own errors: a body that is not valid multipart
         raise UploadError(f"malformed multipart body: {e}") from e
     finally:

@@ -82,6 +82,12 @@ def test_upload_score_and_fetch_the_result_over_rest(e2e_slide: Path, tmp_path: 
             assert client.get("/v1/jobs/nope/result").json()["error"] == "unknown_job"
             assert client.post("/v1/jobs", json={"slide_id": "nope"}).status_code == 404
             assert client.post("/v1/slides", json={"location": "../outside.svs"}).status_code == 400
+            padded = client.post(
+                "/v1/slides",
+                content=b'{"location": "' + b"x" * 100_000 + b'"}',
+                headers={"content-type": "application/json"},
+            )
+            assert padded.status_code == 413
             mismatch = client.post(
                 "/v1/slides", files={"file": ("x.svs", b"abc")}, headers={"x-content-sha256": "0" * 64}
             )
