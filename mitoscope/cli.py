@@ -245,9 +245,8 @@ def demo(
     stack. Scores in-process with ONNX Runtime, saying so, when the stack cannot start.
     """
     from mitoscope.pipeline import REPO_ROOT
-    from mitoscope.stack import Stack
+    from mitoscope.stack import Stack, StackError
     from mitoscope.synth import SynthParams, make_slide, truth_path_for
-    from services.detector.triton_server import TritonServerError
 
     slide = out / "synthetic.svs"
     if not truth_path_for(slide).exists():
@@ -267,7 +266,7 @@ def demo(
     try:
         with console.status("starting Triton, tiler, preprocess, detector, aggregator and gateway on 127.0.0.1"):
             urls = stack.up()
-    except (TritonServerError, RuntimeError, TimeoutError) as e:
+    except StackError as e:
         console.print(f"[yellow]the local stack did not start ({e}); scoring in-process with ONNX Runtime[/]")
         _demo_in_process(slides, out)
         return
@@ -366,25 +365,29 @@ def up(
         bool, typer.Option("--s3", help="Also start a SeaweedFS S3 server; uploads and results go to it.")
     ] = False,
 ) -> None:
-    """Start the local stack on 127.0.0.1: Triton, tiler, preprocess, detector, aggregator, gateway."""
+    """Start the local stack on 127.0.0.1: Triton, tiler, preprocess, detector, aggregator, gateway.
+
+    One supervisor process runs them all in the background and restarts any that exits;
+    `mitoscope down` stops everything.
+    """
     from mitoscope.pipeline import REPO_ROOT
-    from mitoscope.stack import Stack
-    from services.common.objectstore import ObjectStoreError
-    from services.detector.triton_server import TritonServerError
+    from mitoscope.stack import Stack, StackError
 
     stack = Stack(REPO_ROOT, slides.resolve(), REPO_ROOT / ".cache" / "stack", s3=s3)
-    if (stack.state_dir / "stack.json").exists():
-        raise _fail("the stack is already up (`mitoscope down` stops it)", EXIT_BAD_INPUT)
     try:
         with console.status(
             "starting SeaweedFS, Triton and the services" if s3 else "starting Triton and the services"
         ):
             urls = stack.up()
-    except (TritonServerError, RuntimeError, TimeoutError, ObjectStoreError) as e:
+    except StackError as e:
         raise _fail(str(e), EXIT_UNAVAILABLE) from None
     for name, url in urls.items():
         print(f"{name:12} {url}")
-    print(f"public API: {urls['gateway']}/docs; logs in {stack.state_dir}; stop with `mitoscope down`")
+    state = stack.state() or {}
+    print(
+        f"public API: {urls['gateway']}/docs; supervisor pid {state.get('supervisor_pid')}; "
+        f"logs in {stack.state_dir}; stop with `mitoscope down`"
+    )
 
 
 @app.command()

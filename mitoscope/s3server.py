@@ -133,7 +133,8 @@ class SeaweedS3:
             self._socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
             socket_dir = self._socket_dir
 
-        self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        if not self.ports:  # a restart keeps its ports, so clients keep their endpoint
+            self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
         self.endpoint = f"{HOST}:{self.ports['s3.port']}"
         self.command = [
             str(find_weed()),
@@ -220,6 +221,10 @@ class SeaweedS3:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    def poll(self) -> int | None:
+        """None while weed runs; its exit code (0 when never started) otherwise."""
+        return self._proc.poll() if self._proc is not None else 0
 
     @property
     def temp_socket_dir(self) -> Path | None:

@@ -1,24 +1,28 @@
 """The whole local stack on 127.0.0.1: Triton, the four services and the gateway, supervised.
 
-`mitoscope up` starts it and writes `.cache/stack/stack.json` (pids and URLs); `mitoscope down`
-stops what that file names. Every process binds loopback on a free port; logs go to
-`.cache/stack/*.log`. With `s3=True` a SeaweedFS S3 server is started first: uploads go to its
+`mitoscope up` starts one supervisor process (`python -m mitoscope.stack`), which starts every
+process, restarts one that exits, and writes `.cache/stack/stack.json` (pids and URLs);
+`mitoscope down` asks it to stop them all. Every process binds loopback on a free port; logs go
+to `.cache/stack/*.log`. With `s3=True` a SeaweedFS S3 server is started first: uploads go to its
 `mitoscope` bucket and every service reads and writes `s3://` locations there.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -30,8 +34,15 @@ from services.gateway.orchestrate import ServiceUrls
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+UP_TIMEOUT_S = 240.0  # SeaweedFS, Triton and five services, one after the other
+SUPERVISOR_STOP_TIMEOUT_S = 60.0
+SUPERVISE_POLL_S = 1.0
+MAX_RESTARTS = 5
+STATE_NAME = "stack.json"
 SERVICES = ("tiler", "preprocess", "detector", "aggregator", "gateway")
 S3_BUCKET = "mitoscope"
+
+log = logging.getLogger(__name__)
 WATCH_FOLDER = "inbox"  # under the slide root, or the S3 bucket with --s3
 
 
@@ -109,53 +120,64 @@ def pipeline_services(exits: ExitStack, slide_root: Path, work_dir: Path, detect
 
 
 @dataclass
-class Stack:
-    repo_root: Path
-    slide_root: Path
-    state_dir: Path
-    s3: bool = False
-    urls: dict[str, str] = field(default_factory=dict)
-    s3_config: S3Config | None = None
-    s3_socket_dir: Path | None = None  # weed's sockets in /tmp when the state dir's path is too long
+class Child:
+    """One supervised process: how to start, check and stop it."""
 
-    def _start_s3(self) -> tuple[int, dict[str, int]]:
-        server = SeaweedS3(self.state_dir / "s3")
-        server.start()
-        try:
-            self.s3_config = S3Config(server.endpoint, server.access_key, server.secret_key)
-            objectstore.make_bucket(S3_BUCKET, self.s3_config)
-        except BaseException:
-            server.stop()
-            raise
-        self.urls["s3"] = f"http://{server.endpoint}"
-        self.s3_socket_dir = server.temp_socket_dir
-        assert server.pid is not None
-        return server.pid, server.ports
+    name: str
+    start: Callable[[], int]  # starts (or restarts) it; returns its pid
+    poll: Callable[[], int | None]  # None while it runs
+    stop: Callable[[], None]
+    pid: int = 0
+    restarts: int = 0
+    failed: bool = False
 
-    def up(self) -> dict[str, str]:
+
+class Supervisor:
+    """Runs the stack's processes in the foreground: starts them in order, restarts one that exits
+    (on the same port, so URLs stay valid; up to MAX_RESTARTS times), and stops them all, in
+    reverse order, on SIGTERM or SIGINT. `stack.json` in the state dir says what runs where."""
+
+    def __init__(self, repo_root: Path, slide_root: Path, state_dir: Path, s3: bool) -> None:
+        self.repo_root, self.slide_root, self.state_dir, self.s3 = repo_root, slide_root, state_dir, s3
+        self.children: list[Child] = []
+        self.urls: dict[str, str] = {}
+        self.s3_server: SeaweedS3 | None = None
+        self._stopping = False
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_NAME
+
+    def _write_state(self, ready: bool) -> None:
+        server = self.s3_server
+        state = {
+            "supervisor_pid": os.getpid(),
+            "ready": ready,
+            "pids": {c.name: c.pid for c in self.children},
+            "restarts": {c.name: c.restarts for c in self.children},
+            "failed": [c.name for c in self.children if c.failed],
+            "urls": self.urls,
+            "s3": None
+            if server is None
+            else {"endpoint": server.endpoint, "access_key": server.access_key, "secret_key": server.secret_key},
+            "s3_ports": server.ports if server else {},
+            "s3_socket_dir": str(server.temp_socket_dir or "") if server else "",
+        }
+        tmp = self.state_path.with_name(STATE_NAME + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.state_path)
+
+    def _add(self, child: Child) -> None:
+        child.pid = child.start()
+        self.children.append(child)
+
+    def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.slide_root.mkdir(parents=True, exist_ok=True)
-        pids: dict[str, int] = {}
-        s3_ports: dict[str, int] = {}
-        if self.s3:
-            pids["s3"], s3_ports = self._start_s3()
-        triton = TritonServer(
-            self.repo_root / "model_repository",
-            self.repo_root / ".venv-triton",
-            self.repo_root / ".cache" / "triton",
-            log_path=self.state_dir / "triton.log",
-        )
-        try:
-            triton.start()
-        except BaseException:
-            self.down(pids, s3_ports)
-            raise
-        pids["triton"] = triton.pid or 0
         env = {
             "TILER_SLIDE_ROOT": str(self.slide_root),
             "TILER_CACHE_DIR": str(self.state_dir / "cache"),
             "DETECTOR_BACKEND": "triton",
-            "DETECTOR_TRITON_URL": triton.grpc_url,
             "DETECTOR_MODEL_REPOSITORY": str(self.repo_root / "model_repository"),
             "GATEWAY_SLIDE_ROOT": str(self.slide_root),
             "GATEWAY_DATABASE_URL": f"sqlite:///{self.state_dir / 'gateway.db'}",
@@ -165,57 +187,223 @@ class Stack:
             "GATEWAY_WATCH_SETTLE_S": "2",
             "AGGREGATOR_OUTPUT_ROOT": str(self.slide_root),
         }
-        if self.s3_config is not None:
-            env |= self.s3_config.env() | {
+        if self.s3:
+            server = self.s3_server = SeaweedS3(self.state_dir / "s3")
+            self._add(Child("s3", _returning_pid(server.start, lambda: server.pid), server.poll, server.stop))
+            config = S3Config(server.endpoint, server.access_key, server.secret_key)
+            objectstore.make_bucket(S3_BUCKET, config)
+            self.urls["s3"] = f"http://{server.endpoint}"
+            env |= config.env() | {
                 "GATEWAY_UPLOAD_LOCATION": f"s3://{S3_BUCKET}/uploads",
                 "GATEWAY_RESULTS_LOCATION": f"s3://{S3_BUCKET}/results",
                 "GATEWAY_WATCH_LOCATION": f"s3://{S3_BUCKET}/{WATCH_FOLDER}",
             }
-        self.urls["triton_grpc"] = triton.grpc_url
-        try:
-            for name in SERVICES:
-                if name == "gateway":
-                    env.update({f"GATEWAY_{n.upper()}_URL": self.urls[n] for n in SERVICES if n != "gateway"})
-                process, url = start_service(name, env, self.state_dir)
-                pids[name] = process.pid
-                self.urls[name] = url
-        except BaseException:
-            self.down(pids, s3_ports)
-            raise
-        state = {"pids": pids, "urls": self.urls, "s3_ports": s3_ports, "s3_socket_dir": str(self.s3_socket_dir or "")}
-        (self.state_dir / "stack.json").write_text(json.dumps(state, indent=1))
-        return self.urls
+        triton = TritonServer(
+            self.repo_root / "model_repository",
+            self.repo_root / ".venv-triton",
+            self.repo_root / ".cache" / "triton",
+            log_path=self.state_dir / "triton.log",
+        )
+        self._add(Child("triton", _returning_pid(triton.start, lambda: triton.pid), triton.poll, triton.stop))
+        self.urls["triton_grpc"] = env["DETECTOR_TRITON_URL"] = triton.grpc_url
+        for name in SERVICES:
+            if name == "gateway":
+                env |= {f"GATEWAY_{n.upper()}_URL": self.urls[n] for n in SERVICES if n != "gateway"}
+            port = free_port()
+            self._add(self._service_child(name, dict(env), port))
+            self.urls[name] = f"http://127.0.0.1:{port}"
 
-    def down(self, pids: dict[str, int] | None = None, s3_ports: dict[str, int] | None = None) -> list[str]:
-        state = self.state_dir / "stack.json"
-        if pids is None:
-            if not state.exists():
-                return []
-            saved = json.loads(state.read_text())
-            pids, s3_ports = saved["pids"], saved.get("s3_ports", {})
-            self.s3_socket_dir = Path(saved["s3_socket_dir"]) if saved.get("s3_socket_dir") else None
-        stopped = []
-        for name, pid in pids.items():
+    def _service_child(self, name: str, env: dict[str, str], port: int) -> Child:
+        holder: dict[str, subprocess.Popen[bytes]] = {}
+
+        def start() -> int:
+            holder["process"], _ = start_service(name, env, self.state_dir, port)
+            return holder["process"].pid
+
+        return Child(
+            name,
+            start,
+            poll=lambda: holder["process"].poll(),
+            stop=lambda: stop_process(holder["process"]),
+        )
+
+    def run(self) -> None:
+        """Start everything, then watch over it until told to stop."""
+
+        def stop(signum: int, frame: object) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            self.start()
+            self._write_state(ready=True)
+            log.info("stack up: %s", self.urls)
+            while not self._stopping:
+                time.sleep(SUPERVISE_POLL_S)
+                if any(self._revive(child) for child in self.children) and not self._stopping:
+                    self._write_state(ready=True)
+        finally:
+            self.shutdown()
+
+    def _revive(self, child: Child) -> bool:
+        """Restart `child` if it exited; True when something changed."""
+        if child.failed or self._stopping or child.poll() is None:
+            return False
+        if child.restarts >= MAX_RESTARTS:
+            log.error("%s exited again after %d restarts; giving up on it", child.name, child.restarts)
+            child.failed = True
+            return True
+        child.restarts += 1
+        log.warning("%s exited; restarting it (restart %d of %d)", child.name, child.restarts, MAX_RESTARTS)
+        try:
+            child.stop()  # reap it and close its log
+            child.pid = child.start()
+        except Exception:
+            log.exception("restarting %s failed", child.name)
+        return True
+
+    def shutdown(self) -> None:
+        for child in reversed(self.children):
             try:
-                os.killpg(pid, signal.SIGTERM)
-                stopped.append(name)
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for pid in pids.values():
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
+                child.stop()
+            except Exception:
+                log.exception("stopping %s", child.name)
+        if self.s3_server is not None:
+            remove_grpc_sockets(self.s3_server.ports)
+        self.state_path.unlink(missing_ok=True)
+
+
+def _returning_pid(start: Callable[[], None], pid: Callable[[], int | None]) -> Callable[[], int]:
+    def run() -> int:
+        start()
+        return pid() or 0
+
+    return run
+
+
+@dataclass
+class Stack:
+    """The caller's handle on the local stack: `up` starts a supervisor process and waits until
+    everything answers; `down` asks the supervisor to stop it all (and cleans up after one that
+    was killed)."""
+
+    repo_root: Path
+    slide_root: Path
+    state_dir: Path
+    s3: bool = False
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_NAME
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            state: dict[str, Any] = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return state
+
+    @property
+    def s3_config(self) -> S3Config | None:
+        state = self.state()
+        if state is None or state.get("s3") is None:
+            return None
+        s3 = state["s3"]
+        return S3Config(s3["endpoint"], s3["access_key"], s3["secret_key"])
+
+    def up(self, timeout_s: float = UP_TIMEOUT_S) -> dict[str, str]:
+        if (state := self.state()) is not None and _alive(state["supervisor_pid"]):
+            raise StackError(f"the stack is already up (supervisor pid {state['supervisor_pid']}); stop it first")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path.unlink(missing_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "mitoscope.stack",
+            "--repo-root",
+            str(self.repo_root),
+            "--slides",
+            str(self.slide_root),
+            "--state-dir",
+            str(self.state_dir),
+            *(["--s3"] if self.s3 else []),
+        ]
+        log_path = self.state_dir / "supervisor.log"
+        with log_path.open("ab") as log_file:
+            supervisor = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while (state := self.state()) is None or not state["ready"]:
+            if supervisor.poll() is not None:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                raise StackError(f"the stack did not start; from {log_path}:\n{tail}")
+            if time.monotonic() > deadline:
+                self.down()
+                raise StackError(f"the stack was not up within {timeout_s:.0f} s; see {log_path}")
+            time.sleep(0.2)
+        urls: dict[str, str] = state["urls"]
+        return urls
+
+    def down(self) -> list[str]:
+        """Stop the stack; the names of the processes that were running."""
+        state = self.state()
+        if state is None:
+            return []
+        running = [name for name, pid in state["pids"].items() if _alive(pid)]
+        supervisor = state["supervisor_pid"]
+        if _alive(supervisor):
+            os.kill(supervisor, signal.SIGTERM)
+            deadline = time.monotonic() + SUPERVISOR_STOP_TIMEOUT_S
+            while _alive(supervisor) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            else:
+        for pid in state["pids"].values():  # a supervisor that was killed leaves its children behind
+            if _alive(pid):
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        remove_grpc_sockets(s3_ports or {})
-        if self.s3_socket_dir is not None:
-            shutil.rmtree(self.s3_socket_dir, ignore_errors=True)
-        state.unlink(missing_ok=True)
-        return stopped
+        remove_grpc_sockets(state.get("s3_ports", {}))
+        if state.get("s3_socket_dir"):
+            shutil.rmtree(state["s3_socket_dir"], ignore_errors=True)
+        self.state_path.unlink(missing_ok=True)
+        return running
+
+
+class StackError(RuntimeError):
+    """The local stack cannot be started or is already running."""
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mitoscope.stack", description=Supervisor.__doc__)
+    parser.add_argument("--repo-root", type=Path, required=True)
+    parser.add_argument("--slides", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--s3", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
+    Supervisor(args.repo_root, args.slides, args.state_dir, args.s3).run()
+
+
+if __name__ == "__main__":
+    main()

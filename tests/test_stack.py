@@ -7,7 +7,9 @@ fetches the slide from there, and the aggregator writes the exports back to S3.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +46,12 @@ def _score_over_rest(gateway: str, slide: Path, out_dir: Path) -> tuple[dict[str
         assert [f.name for f in files] == ["result.json", "result.geojson", "result.csv", "overview.png"]
         assert (out_dir / "overview.png").read_bytes().startswith(b"\x89PNG")
         return uploaded, client.result(job["id"])
+
+
+def _state(stack: Stack) -> dict[str, Any]:
+    state = stack.state()
+    assert state is not None, "no stack.json"
+    return state
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -95,7 +103,14 @@ def test_stack_up_scores_over_rest_and_down_stops_everything(
     try:
         _, result = _score_over_rest(urls["gateway"], e2e_slide, tmp_path / "out")
         assert "triton" in httpx.get(f"{urls['detector']}/v1/models/yolov5n_mitosis").json()["backend"]
-        # Scanner output: a slide dropped into the inbox is scored once, its results beside it.
+        # The supervisor restarts a service that dies, on the same URL.
+        tiler_pid = _state(stack)["pids"]["tiler"]
+        os.killpg(tiler_pid, signal.SIGKILL)
+        restarted = _wait_for(lambda: _state(stack) if _state(stack)["restarts"]["tiler"] == 1 else None, 60)
+        assert restarted["pids"]["tiler"] != tiler_pid and restarted["urls"]["tiler"] == urls["tiler"]
+        assert httpx.get(f"{urls['tiler']}/health/live", timeout=5).status_code == 200
+        # Scanner output: a slide dropped into the inbox is scored once (by the restarted tiler too),
+        # its results beside it.
         shutil.copy(e2e_slide, tmp_path / "slides" / WATCH_FOLDER / "scanned.svs")
         watched = _wait_for(
             lambda: _read_json(tmp_path / "slides" / WATCH_FOLDER / "scanned.svs.mitoscope/result.json")

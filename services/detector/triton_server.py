@@ -98,6 +98,10 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def poll(self) -> int | None:
+        """None while the server runs; its exit code (0 when never started) otherwise."""
+        return self._process.poll() if self._process is not None else 0
+
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
