@@ -452,6 +452,8 @@ def watch(
             for slide in handled:
                 entry = next(e for e in source.load_ledger().slides.values() if e["slide"] == slide.name)
                 console.print(f"{slide.name}: {describe(entry)}")
+            for problem in watcher.problems:
+                console.print(f"[yellow]{problem}; trying again at the next look[/]")
             looks += 1
             if once and (looks == 2 or is_s3_uri(location)):  # a folder's first look only notes sizes
                 break

@@ -152,8 +152,10 @@ class Supervisor:
         server = self.s3_server
         state = {
             "supervisor_pid": os.getpid(),
+            "supervisor_start": _start_time(os.getpid()),
             "ready": ready,
             "pids": {c.name: c.pid for c in self.children},
+            "starts": {c.name: _start_time(c.pid) for c in self.children},
             "restarts": {c.name: c.restarts for c in self.children},
             "failed": [c.name for c in self.children if c.failed],
             "urls": self.urls,
@@ -168,8 +170,11 @@ class Supervisor:
         tmp.replace(self.state_path)
 
     def _add(self, child: Child) -> None:
+        if self._stopping:  # told to stop while starting: start nothing more
+            raise _Stopping
         child.pid = child.start()
         self.children.append(child)
+        self._write_state(ready=False)  # recorded at once, so `down` can stop a stack still starting
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -236,13 +241,18 @@ class Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
+            self._write_state(ready=False)
             self.start()
+            if self._stopping:
+                return
             self._write_state(ready=True)
             log.info("stack up: %s", self.urls)
             while not self._stopping:
                 time.sleep(SUPERVISE_POLL_S)
                 if any(self._revive(child) for child in self.children) and not self._stopping:
                     self._write_state(ready=True)
+        except _Stopping:
+            log.info("stopped while starting")
         finally:
             self.shutdown()
 
@@ -271,7 +281,15 @@ class Supervisor:
                 log.exception("stopping %s", child.name)
         if self.s3_server is not None:
             remove_grpc_sockets(self.s3_server.ports)
-        self.state_path.unlink(missing_ok=True)
+        try:  # only our own: a newer stack may have been started since `down` gave up waiting for us
+            if json.loads(self.state_path.read_text())["supervisor_pid"] == os.getpid():
+                self.state_path.unlink()
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+
+
+class _Stopping(Exception):
+    """SIGTERM arrived while the stack was starting."""
 
 
 def _returning_pid(start: Callable[[], None], pid: Callable[[], int | None]) -> Callable[[], int]:
@@ -313,10 +331,13 @@ class Stack:
         return S3Config(s3["endpoint"], s3["access_key"], s3["secret_key"])
 
     def up(self, timeout_s: float = UP_TIMEOUT_S) -> dict[str, str]:
-        if (state := self.state()) is not None and _alive(state["supervisor_pid"]):
-            raise StackError(f"the stack is already up (supervisor pid {state['supervisor_pid']}); stop it first")
+        if (state := self.state()) is not None:
+            if _alive(state["supervisor_pid"], state.get("supervisor_start")):
+                raise StackError(
+                    f"the stack is already up (supervisor pid {state['supervisor_pid']}); `mitoscope down` stops it"
+                )
+            self.down()  # what a supervisor that died left running
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.state_path.unlink(missing_ok=True)
         command = [
             sys.executable,
             "-m",
@@ -334,15 +355,21 @@ class Stack:
             supervisor = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
-        deadline = time.monotonic() + timeout_s
-        while (state := self.state()) is None or not state["ready"]:
-            if supervisor.poll() is not None:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-                raise StackError(f"the stack did not start; from {log_path}:\n{tail}")
-            if time.monotonic() > deadline:
-                self.down()
-                raise StackError(f"the stack was not up within {timeout_s:.0f} s; see {log_path}")
-            time.sleep(0.2)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while (state := self.state()) is None or not state["ready"]:
+                if supervisor.poll() is not None:
+                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                    raise StackError(f"the stack did not start; from {log_path}:\n{tail}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"the stack was not up within {timeout_s:.0f} s; see {log_path}")
+                time.sleep(0.2)
+        except BaseException:  # timed out, failed, or interrupted: stop what was started
+            self.down()
+            if supervisor.poll() is None:
+                _stop_group(supervisor.pid)
+            supervisor.wait()
+            raise
         urls: dict[str, str] = state["urls"]
         return urls
 
@@ -351,19 +378,19 @@ class Stack:
         state = self.state()
         if state is None:
             return []
-        running = [name for name, pid in state["pids"].items() if _alive(pid)]
+        starts = state.get("starts", {})
+        running = [name for name, pid in state["pids"].items() if _alive(pid, starts.get(name))]
         supervisor = state["supervisor_pid"]
-        if _alive(supervisor):
+        if _alive(supervisor, state.get("supervisor_start")):
             os.kill(supervisor, signal.SIGTERM)
             deadline = time.monotonic() + SUPERVISOR_STOP_TIMEOUT_S
             while _alive(supervisor) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        for pid in state["pids"].values():  # a supervisor that was killed leaves its children behind
-            if _alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if _alive(supervisor):  # it did not finish in time
+                _stop_group(supervisor)
+        for name, pid in state["pids"].items():  # a supervisor that was killed leaves its children behind
+            if _alive(pid, starts.get(name)):
+                _stop_group(pid)
         remove_grpc_sockets(state.get("s3_ports", {}))
         if state.get("s3_socket_dir"):
             shutil.rmtree(state["s3_socket_dir"], ignore_errors=True)
@@ -375,23 +402,31 @@ class StackError(RuntimeError):
     """The local stack cannot be started or is already running."""
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid, it
+    names one process, so a pid reused after a reboot or a crash is never signalled."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None = None) -> bool:
+    """`pid` runs (not a zombie) and, when `start` is given, is the process that started then."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return False
+    return fields[0] != "Z" and (start is None or fields[19] == start)
+
+
+def _stop_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

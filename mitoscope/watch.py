@@ -246,36 +246,46 @@ class InProcessScorer:
         return entry
 
 
+# Errors that are no slide's fault: the slide is tried again at a later look.
+TRANSIENT_ERRORS = (ObjectStoreUnavailableError, StorageUnavailableError, InferenceServerError, OSError)
+FOLLOW_FAILED_EVERY = 15  # looks between checks of failed jobs (one may have been retried since)
+
+
 @dataclass
 class Watcher:
     source: SlideSource
     scorer: Scorer
+    follow_failed_every: int = FOLLOW_FAILED_EVERY
+    problems: list[str] = field(default_factory=list)  # what kept slides from being handled at the last look
+    _looks: int = 0
 
     def poll(self) -> list[WrittenSlide]:
         """One look: follows slides being scored as jobs, then handles the new ones.
 
         Returns the slides whose outcome (scored, failed, or queued as a job) was decided now.
         Each version of each file is hashed once; a content already handled is recorded as a
-        duplicate. An unavailable store or inference server propagates: the next look retries."""
+        duplicate. A slide that cannot be read now (store or inference server away) is left for
+        a later look and named in `problems`; one the store refuses is recorded as failed. Only a
+        failure to list the source or to read its ledger ends the look."""
+        self.problems = []
+        self._looks += 1
         ledger = self.source.load_ledger()
         slides = {s.name: s for s in self.source.slides()}
-        changed = self._follow(ledger, slides)
+        changed = self._follow(ledger, slides, failed_too=self._looks % self.follow_failed_every in (0, 1))
         handled = []
         for slide in slides.values():
             if slide.seen_key in ledger.seen:
                 continue
-            digest = self.source.sha256(slide)
-            ledger.seen[slide.seen_key] = digest
-            changed = True
-            known = ledger.slides.get(digest)
-            if known is not None:
-                if slide.name != known["slide"] and slide.name not in known.get("duplicates", "").split(","):
-                    known["duplicates"] = ",".join(filter(None, [known.get("duplicates", ""), slide.name]))
-                log.info("%s has the content of %s, already handled", slide.name, known["slide"])
+            try:
+                outcome = self._handle(slide, ledger)
+            except TRANSIENT_ERRORS as e:
+                self.problems.append(f"{slide.name}: {e}")
+                log.warning("%s: not handled this time: %s", slide.name, e)
                 continue
-            entry = {"slide": slide.name, **self.scorer.score(self.source, slide, digest)}
-            ledger.slides[digest] = entry
-            self._report(slide, entry)
+            if outcome is None:
+                changed = True
+                continue
+            self._report(slide, outcome)
             self.source.save_ledger(ledger)  # after each slide: a crash loses at most the one in hand
             changed = False
             handled.append(slide)
@@ -283,11 +293,33 @@ class Watcher:
             self.source.save_ledger(ledger)
         return handled
 
-    def _follow(self, ledger: Ledger, slides: dict[str, WrittenSlide]) -> bool:
-        """Update slides scored as jobs: queued ones, and failed ones whose job may have been retried."""
+    def _handle(self, slide: WrittenSlide, ledger: Ledger) -> dict[str, str] | None:
+        """Hash and score one new slide version; its new ledger entry, or None for a duplicate."""
+        try:
+            digest = self.source.sha256(slide)
+        except (objectstore.ObjectStoreRefusedError, objectstore.NoSuchObjectError) as e:
+            digest = f"unreadable:{slide.seen_key}"  # recorded, so the look goes on to the next slide
+            ledger.seen[slide.seen_key] = digest
+            ledger.slides[digest] = {"slide": slide.name, "state": FAILED, "error": str(e)}
+            return ledger.slides[digest]
+        known = ledger.slides.get(digest)
+        if known is not None:
+            ledger.seen[slide.seen_key] = digest
+            if slide.name != known["slide"] and slide.name not in known.get("duplicates", "").split(","):
+                known["duplicates"] = ",".join(filter(None, [known.get("duplicates", ""), slide.name]))
+            log.info("%s has the content of %s, already handled", slide.name, known["slide"])
+            return None
+        entry = {"slide": slide.name, **self.scorer.score(self.source, slide, digest)}
+        ledger.seen[slide.seen_key] = digest  # only once scored: a transient failure is tried again
+        ledger.slides[digest] = entry
+        return entry
+
+    def _follow(self, ledger: Ledger, slides: dict[str, WrittenSlide], failed_too: bool) -> bool:
+        """Update slides scored as jobs: queued ones, and (now and then) failed ones whose job may
+        have been retried."""
         changed = False
         for entry in ledger.slides.values():
-            if "job" not in entry or entry["state"] == SCORED:
+            if "job" not in entry or entry["state"] == SCORED or (entry["state"] == FAILED and not failed_too):
                 continue
             followed = self.scorer.follow(entry)
             if followed != entry:

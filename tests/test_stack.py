@@ -20,7 +20,7 @@ import pytest
 
 from mitoscope.client import GatewayClient
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.stack import S3_BUCKET, WATCH_FOLDER, Stack
+from mitoscope.stack import S3_BUCKET, WATCH_FOLDER, Stack, StackError
 from services.common import objectstore
 from services.common.objectstore import S3Config
 from services.detector.backends import OnnxRuntimeBackend
@@ -158,3 +158,29 @@ def test_stack_on_s3_stores_the_slide_and_the_exports_in_the_object_store(
     assert "s3" in stopped
     _same_detections(result, local_result)
     _same_detections(watched, local_result)
+
+
+def _processes_with(text: str) -> int:
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def test_a_stack_that_is_not_up_in_time_is_stopped_whole(tmp_path: Path) -> None:
+    if not TRITON_VENV.exists():
+        pytest.skip("no .venv-triton")
+    tritons_before = _processes_with("bin/tritonserver")
+    stack = Stack(REPO_ROOT, tmp_path / "slides", tmp_path / "stack")
+    with pytest.raises(StackError, match="not up within 3 s"):
+        stack.up(timeout_s=3)  # Triton alone takes longer: stopped while starting
+    assert stack.state() is None
+    assert _processes_with(str(tmp_path / "stack")) == 0  # no supervisor, no service
+    assert _processes_with("bin/tritonserver") == tritons_before
+    urls = stack.up()  # and the state dir is fit for a normal start afterwards
+    assert httpx.get(f"{urls['gateway']}/health/ready", timeout=5).status_code == 200
+    assert set(stack.down()) == {"triton", "tiler", "preprocess", "detector", "aggregator", "gateway"}

@@ -152,7 +152,7 @@ def test_a_job_that_failed_and_was_retried_clears_its_error(tmp_path: Path, smal
             return entry
 
     clock = Clock()
-    watcher = Watcher(FolderSource(tmp_path, settle_s=0.0, clock=clock), JobScorer())
+    watcher = Watcher(FolderSource(tmp_path, settle_s=0.0, clock=clock), JobScorer(), follow_failed_every=1)
     shutil.copy(small_slide, tmp_path / "case.svs")
     error = tmp_path / "case.svs.mitoscope.error.txt"
     watcher.poll()  # notes the size
@@ -165,3 +165,41 @@ def test_a_job_that_failed_and_was_retried_clears_its_error(tmp_path: Path, smal
     assert not error.exists()
     ledger = json.loads((tmp_path / LEDGER_NAME).read_text())
     assert [e["state"] for e in ledger["slides"].values()] == ["scored"]
+
+
+def test_one_unreadable_slide_does_not_hold_up_the_others(tmp_path: Path, small_slide: Path) -> None:
+    from services.common.objectstore import ObjectStoreRefusedError, ObjectStoreUnavailableError
+
+    class Scripted(FolderSource):  # store answers we cannot provoke from a folder: scripted per name
+        def sha256(self, slide: WrittenSlide) -> str:
+            if slide.name == "a-refused.svs":
+                raise ObjectStoreRefusedError("s3://scanner/a-refused.svs: AccessDenied")
+            if slide.name == "b-away.svs" and self.store_away:
+                raise ObjectStoreUnavailableError("s3://scanner/b-away.svs: cannot reach the object store")
+            return super().sha256(slide)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.scored: list[str] = []
+
+        def score(self, source: object, slide: WrittenSlide, digest: str) -> dict[str, str]:
+            self.scored.append(slide.name)
+            return {"state": "scored"}
+
+        def follow(self, entry: dict[str, str]) -> dict[str, str]:
+            return entry
+
+    for name, seed_byte in (("a-refused.svs", b"a"), ("b-away.svs", b"b"), ("c-fine.svs", b"c")):
+        (tmp_path / name).write_bytes(small_slide.read_bytes() + seed_byte)  # three different contents
+    source = Scripted(tmp_path, settle_s=0.0, clock=Clock())
+    source.store_away = True  # type: ignore[attr-defined]
+    recorder = Recorder()
+    watcher = Watcher(source, recorder)
+    watcher.poll()
+    assert _names(watcher.poll()) == ["a-refused.svs", "c-fine.svs"]  # the refused one recorded, c scored
+    assert recorder.scored == ["c-fine.svs"]
+    assert watcher.problems == ["b-away.svs: s3://scanner/b-away.svs: cannot reach the object store"]
+    assert "AccessDenied" in (tmp_path / "a-refused.svs.mitoscope.error.txt").read_text()
+    source.store_away = False  # type: ignore[attr-defined]
+    assert _names(watcher.poll()) == ["b-away.svs"] and watcher.problems == []  # tried again, now scored
+    assert watcher.poll() == [] and recorder.scored == ["c-fine.svs", "b-away.svs"]

@@ -25,6 +25,26 @@ CHUNK_BYTES = 8 * 1024**2
 MULTIPART_PART_BYTES = 16 * 1024**2
 
 
+# The answers that mean "not with these keys, names or permissions": retrying will not help.
+# Anything else the store answers (SlowDown, RequestTimeout, 5xx, a 403 while a restarting
+# server loads its identities) is treated as unavailable and retried.
+REFUSALS = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidBucketName",
+        "InvalidObjectName",
+        "KeyTooLongError",
+        "InvalidObjectState",
+        "EntityTooLarge",
+        "MethodNotAllowed",
+        "InvalidArgument",
+    }
+)
+
+
 class ObjectStoreError(Exception):
     """Base class of object storage errors; messages name the location."""
 
@@ -141,8 +161,7 @@ class _Translated:
         if isinstance(exc, S3Error):
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 raise NoSuchObjectError(f"{self.uri}: no such object ({exc.code})") from exc
-            status = exc.response.status if exc.response is not None else 0
-            if 400 <= status < 500:
+            if exc.code in REFUSALS:
                 raise ObjectStoreRefusedError(
                     f"{self.uri}: the object store at {self.config.endpoint} refused: {exc.code}: {exc.message}"
                 ) from exc

@@ -306,7 +306,10 @@ class Gateway:
         """Stream an upload to disk, check it, then keep it under the slide root or put it in S3."""
         folder_id = uuid.uuid4().hex
         folder = self.settings.slide_root / "uploads" / folder_id
-        folder.mkdir(parents=True)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as e:
+            raise UploadStorageError(f"the gateway cannot store uploads under {folder.parent}: {e}") from e
         try:  # one clean-up for every way an upload can end early, a dropped connection included
             received = await receive_multipart(content_type, body, folder, self.settings.max_upload_bytes)
             if not received.name.lower().endswith(SLIDE_SUFFIXES):
@@ -324,7 +327,11 @@ class Gateway:
             location = str(final.relative_to(self.settings.slide_root))
             if self.settings.upload_location:
                 location = f"{self.settings.upload_location.rstrip('/')}/{folder_id}/{received.name}"
-                await asyncio.to_thread(objectstore.put_file, location, final, S3Config.from_env())
+                try:
+                    await asyncio.to_thread(objectstore.put_file, location, final, S3Config.from_env())
+                except (objectstore.ObjectStoreRefusedError, objectstore.NoSuchObjectError) as e:
+                    # The gateway's own upload location, not the client's doing: an operator's problem.
+                    raise objectstore.ObjectStoreUnavailableError(f"the upload location refuses uploads: {e}") from e
                 shutil.rmtree(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -387,7 +394,11 @@ class JobScorer:
         return {"state": watch.QUEUED, "job": job.id}
 
     def follow(self, entry: dict[str, str]) -> dict[str, str]:
-        job = self.gateway.jobs.get(entry["job"])
+        try:
+            job = self.gateway.jobs.get(entry["job"])
+        except UnknownJobError:  # the job database was replaced: nothing more to follow
+            gone = {k: v for k, v in entry.items() if k != "job"}
+            return {**gone, "state": watch.FAILED, "error": f"job {entry['job']} no longer exists"}
         if job.state == SUCCEEDED:
             return {**{k: v for k, v in entry.items() if k != "error"}, "state": watch.SCORED}
         if job.state in FINAL_STATES:

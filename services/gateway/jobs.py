@@ -274,12 +274,13 @@ class JobStore:
         return and_(jobs_table.c.id == job_id, jobs_table.c.lease_owner == worker, jobs_table.c.state == RUNNING)
 
     def renew(self, job_id: str, worker: str, lease_s: float = DEFAULT_LEASE_S) -> None:
+        """Extend the lease. `updated_at` is left alone: it marks progress, which the ETA reads."""
         now = _now()
         with self.engine.begin() as conn:
             changed = conn.execute(
                 update(jobs_table)
                 .where(self._holding(job_id, worker))
-                .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
             ).rowcount
         if not changed:
             raise LeaseLostError(f"job {job_id}: {worker} no longer holds its lease")

@@ -17,6 +17,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 FILE_FIELD = "file"
+MAX_NAME_BYTES = 200  # file systems take 255, and ".partial" is appended while it arrives
 FORM_OVERHEAD_BYTES = 1024 * 1024  # boundaries, part headers and small fields around the file
 
 
@@ -85,6 +86,8 @@ class _FilePart:
         name = Path(filename.replace("\\", "/")).name
         if not name:
             raise UploadError(f"the {FILE_FIELD!r} part has no filename")
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise UploadError(f"the file name is {len(name.encode())} bytes long; use at most {MAX_NAME_BYTES}")
         self.name = name
         self.path = self.folder / f"{name}.partial"
         self._out = self.path.open("wb")
@@ -107,10 +110,16 @@ class _FilePart:
         assert self.path is not None and self.name is not None
         self.received = ReceivedFile(self.path, self.name, self.digest.hexdigest(), self.size)
 
-    def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+    def close(self, quietly: bool = False) -> None:
+        """Close the file being written; `quietly` when another error is already on its way."""
+        out, self._out = self._out, None
+        if out is None:
+            return
+        try:
+            out.close()
+        except OSError:
+            if not quietly:
+                raise
 
 
 async def receive_multipart(
@@ -124,6 +133,7 @@ async def receive_multipart(
     part = _FilePart(folder, max_bytes)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
     received_bytes = 0
+    parsed = False
     try:
         async for chunk in body:
             received_bytes += len(chunk)
@@ -131,6 +141,7 @@ async def receive_multipart(
                 raise UploadTooLargeError(f"a multipart body of more than {max_bytes + FORM_OVERHEAD_BYTES} bytes")
             parser.write(chunk)
         parser.finalize()
+        parsed = True
     except (UploadError, UploadTooLargeError):
         raise
     except OSError as e:
@@ -138,7 +149,12 @@ async def receive_multipart(
     except Exception as e:  # the parser's own errors: a body that is not valid multipart
         raise UploadError(f"malformed multipart body: {e}") from e
     finally:
+        if not parsed:
+            part.close(quietly=True)  # the error on its way says what went wrong
+    try:
         part.close()
+    except OSError as e:  # the last bytes could not be flushed: the disk is full
+        raise UploadStorageError(f"the gateway cannot store the upload: {e}") from e
     if part.received is None:
         raise UploadError(f"no {FILE_FIELD!r} part with a filename: send the slide as -F {FILE_FIELD}=@slide.svs")
     return part.received

@@ -87,6 +87,8 @@ def with_retries(
     busy_s = 0.0
     delay = policy.first_delay_s
     while True:
+        if stop is not None and stop.is_set():  # cancelled, taken over, or a sibling failed: no more calls
+            raise StoppedError(f"{what}: stopped")
         try:
             return step()
         except (ServiceError, httpx.TransportError) as e:
@@ -205,6 +207,8 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
         log.warning("abandoning job %s: %s", job.id, e)
     except (ServiceError, GaveUpError, httpx.HTTPError) as e:
         _fail(store, job, worker, str(e))
+    except SQLAlchemyError as e:  # the job store blinked: leave the job to resume from its checkpoints
+        log.warning("abandoning job %s, the job store failed: %s", job.id, e)
     except Exception as e:  # a bug, not the slide's fault: fail the job visibly rather than loop on it
         log.exception("job %s failed unexpectedly", job.id)
         _fail(store, job, worker, f"internal error in the worker: {e!r}")
@@ -215,6 +219,8 @@ def _fail(store: JobStore, job: Job, worker: str, reason: str) -> None:
         store.fail(job.id, worker, reason)
     except LeaseLostError as e:  # cancelled or taken over meanwhile: not ours to fail any more
         log.warning("job %s not marked failed (%s): %s", job.id, reason, e)
+    except SQLAlchemyError as e:  # the lease runs out and another attempt meets the same failure
+        log.warning("job %s not marked failed (%s), the job store failed: %s", job.id, reason, e)
 
 
 def run_worker(

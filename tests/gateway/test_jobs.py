@@ -188,6 +188,9 @@ def test_eta_follows_this_attempts_rate(store: JobStore) -> None:
     assert running.claimed_at is not None
     elapsed_s = (running.updated_at - running.claimed_at).total_seconds()
     assert elapsed_s > 0 and running.eta_s == round(30 * elapsed_s / 10, 1)  # 30 tiles left at 10 per elapsed_s
+    time.sleep(0.05)
+    store.renew(job.id, "w", lease_s=60)  # the lease keeper's heartbeat is not progress
+    assert store.get(job.id).eta_s == running.eta_s
 
 
 def test_a_database_from_before_the_eta_gets_its_columns(store: JobStore) -> None:
