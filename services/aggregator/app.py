@@ -2,8 +2,8 @@
 
     uvicorn services.aggregator.app:create_app --factory --host 127.0.0.1 --port 8104
 
-Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers the
-public JSON result; the GeoJSON / CSV renderings of that result are one call away. With an
+Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers a
+`SlideResult` message (the public JSON result, typed); the GeoJSON rendering is one call away. With an
 `output_location` it also writes result.json, .geojson and .csv there (S3, or a folder under
 `AGGREGATOR_OUTPUT_ROOT`) and names them under "exports" in the answer.
 """
@@ -24,12 +24,13 @@ from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
 from services.common import objectstore
-from services.common.messages import MessageError, detections_from_message, plan_from_message
+from services.common.messages import MessageError, detections_from_message, plan_from_message, result_to_message
 from services.common.objectstore import S3Config
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
+    message_response,
     read_message,
     service_app,
 )
@@ -109,14 +110,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_concurrent_requests=settings.max_concurrent_requests,
     )
 
-    @app.post("/v1/aggregate", summary="The slide result (JSON) from the plan and all detections", tags=["aggregator"])
-    async def aggregate_route(request: Request) -> dict[str, Any]:
+    @app.post(
+        "/v1/aggregate",
+        summary="The slide result (a SlideResult message) from the plan and all detections",
+        response_class=Response,
+        tags=["aggregator"],
+    )
+    async def aggregate_route(request: Request) -> Response:
         message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
         result = await run_in_threadpool(aggregate, message)
-        if not message.output_location:
-            return result
-        written = await run_in_threadpool(publish, result, message.output_location, settings.output_root)
-        return {**result, "exports": written}
+        if message.output_location:
+            written = await run_in_threadpool(publish, result, message.output_location, settings.output_root)
+            result = {**result, "exports": written}
+        return message_response(result_to_message(result))
 
     @app.post(
         "/v1/aggregate.geojson",

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from services.common.messages import PROTOBUF_CONTENT_TYPE, stats_to_message
+from services.common.messages import PROTOBUF_CONTENT_TYPE, result_from_message, stats_to_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.preprocess.reinhard import LabStats
 from services.tiler.reader import DEFAULT_BATCH_SIZE
@@ -167,8 +167,7 @@ class SlideSession:
         response = self._call(
             lambda: _post_message(self.client, f"{self.urls.aggregator}/v1/aggregate", request), "aggregate"
         )
-        result: dict[str, Any] = response.json()
-        return result
+        return result_from_message(pb.SlideResult.FromString(response.content))
 
 
 def detect_in_flight(

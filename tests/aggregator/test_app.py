@@ -11,7 +11,13 @@ from fastapi.testclient import TestClient
 from services.aggregator.app import Settings, create_app
 from services.aggregator.merge import merge_tile_detections
 from services.aggregator.result import summarise
-from services.common.messages import PROTOBUF_CONTENT_TYPE, detections_to_message, plan_to_message
+from services.common.messages import (
+    PROTOBUF_CONTENT_TYPE,
+    detections_to_message,
+    plan_to_message,
+    result_from_message,
+    result_to_message,
+)
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.detector.postprocess import TileDetections
 from services.tiler.grid import plan_tiles
@@ -44,7 +50,8 @@ def test_aggregate_over_http_equals_in_process() -> None:
     with TestClient(create_app()) as client:
         response = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert response.status_code == 200, response.text
-        result = response.json()
+        assert response.headers["content-type"] == PROTOBUF_CONTENT_TYPE
+        result = result_from_message(pb.SlideResult.FromString(response.content))
         merged = merge_tile_detections(plan, per_tile, ("mitosis",))  # type: ignore[arg-type]
         summary = summarise(merged, 4096, 4096, 0.25, tissue)
         assert result["mitosis_count"] == summary.mitosis_count == len(merged)
@@ -73,7 +80,7 @@ def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
     with TestClient(create_app(Settings(output_root=tmp_path))) as client:
         response = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert response.status_code == 200, response.text
-        result = response.json()
+        result = result_from_message(pb.SlideResult.FromString(response.content))
         folder = tmp_path / "jobs" / "42"
         assert result["exports"] == {
             name: str(folder / name) for name in ("result.geojson", "result.csv", "result.json")
@@ -85,3 +92,21 @@ def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
         outside = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert outside.status_code == 422 and outside.json()["error"] == "bad_output_location"
         assert not (tmp_path.parent.parent / "elsewhere").exists()
+
+
+def test_the_slide_result_message_carries_the_whole_json_result() -> None:
+    from services.aggregator.app import aggregate
+    from services.common.messages import stats_to_message
+    from services.preprocess.reinhard import LabStats
+
+    request, _, _, _ = _case()
+    bare = aggregate(request)
+    assert result_from_message(result_to_message(bare)) == bare
+    request.model.CopyFrom(
+        pb.ModelProvenance(name="m", version="1", sha256="ab", backend="triton", input_size_px=512, mpp_um_per_px=0.25)
+    )
+    request.source_lab.CopyFrom(stats_to_message(LabStats.from_dict({"mean": [60, 10, -5], "std": [12, 5, 4]})))
+    request.target_lab.CopyFrom(stats_to_message(LabStats.from_dict({"mean": [65, 12, -8], "std": [14, 6, 5]})))
+    full = {**aggregate(request), "exports": {"result.json": "s3://b/jobs/1/result.json"}}
+    assert full["provenance"]["model"]["name"] == "m" and "normalisation" in full["provenance"]
+    assert json.dumps(result_from_message(result_to_message(full)), sort_keys=True) == json.dumps(full, sort_keys=True)
