@@ -57,6 +57,10 @@ def test_slide_errors_are_precise(client: TestClient) -> None:
     assert bad.status_code == 422 and "not a whole-slide image" in bad.json()["message"]
     too_many = client.post("/v1/batch", json={"location": "small.svs", "start": 0, "count": 10_000})
     assert too_many.status_code == 422
+    no_slide = client.post("/v1/batch", json={"location": "gone.svs", "start": 0, "count": 4})
+    assert no_slide.status_code == 404 and "gone.svs" in no_slide.json()["message"]
+    outside = client.post("/v1/batch", json={"location": "small.svs", "indices": [0, 99_999]})
+    assert outside.status_code == 404 and "tile indices outside" in outside.json()["message"]
 
 
 def test_deepzoom_tiles_for_viewers(client: TestClient) -> None:
