@@ -115,6 +115,7 @@ def test_stack_up_scores_over_rest_and_down_stops_everything(
         watched = _wait_for(
             lambda: _read_json(tmp_path / "slides" / WATCH_FOLDER / "scanned.svs.mitoscope/result.json")
         )
+        assert (tmp_path / "slides" / WATCH_FOLDER / "scanned.svs.mitoscope" / "overview.png").is_file()
         time.sleep(5)  # two more looks at the inbox
         jobs = httpx.get(f"{urls['gateway']}/v1/jobs").json()
         assert [j["slide_location"] for j in jobs].count(f"{WATCH_FOLDER}/scanned.svs") == 1  # scored once
@@ -144,7 +145,8 @@ def test_stack_on_s3_stores_the_slide_and_the_exports_in_the_object_store(
         for service in ("tiler", "aggregator", "gateway"):
             assert httpx.get(f"{urls[service]}/health/ready").status_code == 200
         exports = result["exports"]
-        assert set(exports) == {"result.json", "result.geojson", "result.csv"}
+        assert set(exports) == {"result.json", "result.geojson", "result.csv", "overview.png"}
+        assert b"".join(objectstore.chunks(exports["overview.png"], config)).startswith(b"\x89PNG")
         stored = json.loads(b"".join(objectstore.chunks(exports["result.json"], config)))
         assert stored["mitosis_count"] == result["mitosis_count"]
         csv_rows = b"".join(objectstore.chunks(exports["result.csv"], config)).decode().strip().splitlines()

@@ -4,8 +4,9 @@
 
 Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers a
 `SlideResult` message (the public JSON result, typed); the GeoJSON rendering is one call away. With an
-`output_location` it also writes result.json, .geojson and .csv there (S3, or a folder under
-`AGGREGATOR_OUTPUT_ROOT`) and names them under "exports" in the answer.
+`output_location` it also writes result.json, .geojson, .csv (and overview.png when the request
+carries the slide's picture) there (S3, or a folder under `AGGREGATOR_OUTPUT_ROOT`) and names them
+under "exports" in the answer.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
         result = await run_in_threadpool(aggregate, message)
         if message.output_location:
-            written = await run_in_threadpool(publish, result, message.output_location, settings.output_root)
+            written = await run_in_threadpool(
+                publish, result, message.output_location, settings.output_root, message.slide_png
+            )
             result = {**result, "exports": written}
         return message_response(result_to_message(result))
 

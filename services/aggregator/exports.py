@@ -124,22 +124,37 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
     path.write_text(csv_text(result), newline="")
 
 
-def documents(result: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
-    """The text exports of a result by file name, with their media types."""
-    return {
+def documents(result: dict[str, Any], slide_png: bytes = b"") -> dict[str, tuple[bytes, str]]:
+    """The exports of a result by file name, with their media types; the overview picture too when
+    the slide's own picture (`slide_png`, the tiler's overview) is given."""
+    docs = {
         "result.json": (json.dumps(result, indent=1).encode(), "application/json"),
         "result.geojson": (json.dumps(geojson_document(result)).encode(), "application/geo+json"),
         "result.csv": (csv_text(result).encode(), "text/csv"),
     }
+    if slide_png:
+        docs["overview.png"] = (overview_png(result, slide_png), "image/png")
+    return docs
 
 
-def publish(result: dict[str, Any], location: str, local_root: Path) -> dict[str, str]:
-    """Write the text exports to `location` (s3://bucket/prefix, or a folder under `local_root`).
+def overview_png(result: dict[str, Any], slide_png: bytes) -> bytes:
+    """The overview picture (PNG) of a result, drawn on the slide's picture (PNG)."""
+    decoded = cv2.imdecode(np.frombuffer(slide_png, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ExportLocationError("the slide picture sent for the overview is not a PNG")
+    drawn = render_overview(result, cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    assert ok
+    return bytes(png.tobytes())
+
+
+def publish(result: dict[str, Any], location: str, local_root: Path, slide_png: bytes = b"") -> dict[str, str]:
+    """Write the exports to `location` (s3://bucket/prefix, or a folder under `local_root`).
 
     Returns where each one went. S3 objects are written one by one, result.json last, so a reader
     that waits for result.json finds the others complete."""
     written: dict[str, str] = {}
-    docs = documents(result)
+    docs = documents(result, slide_png)
     order = [*(name for name in docs if name != "result.json"), "result.json"]
     if is_s3_uri(location):
         config = S3Config.from_env()

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
-import cv2
 import httpx
-import numpy as np
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -37,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mitoscope import watch
 from mitoscope.watch import SlideSource, Watcher, WrittenSlide, open_source
-from services.aggregator.exports import csv_text, geojson_document, render_overview
+from services.aggregator.exports import csv_text, geojson_document, overview_png
 from services.common import objectstore
 from services.common.objectstore import ObjectStoreError, S3Config, is_s3_uri, parse_s3_uri
 from services.common.web import service_app
@@ -612,7 +610,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["results"],
         response_class=Response,
     )
-    def overview_png(job_id: str, gateway: GatewayDep) -> Response:
+    def result_overview(job_id: str, gateway: GatewayDep) -> Response:
         result = gateway.result(job_id)
         location = gateway.jobs.get(job_id).slide_location
         try:
@@ -623,11 +621,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise DependencyUnavailableError(f"job {job_id}: the tiler cannot draw the slide now: {response.text}")
         if response.status_code != 200:
             raise ResultNotReadyError(f"job {job_id}: the tiler cannot draw the slide: {response.text}")
-        picture = cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
-        )
-        ok, png = cv2.imencode(".png", cv2.cvtColor(render_overview(result, picture), cv2.COLOR_RGB2BGR))
-        assert ok
-        return Response(png.tobytes(), media_type="image/png")
+        return Response(overview_png(result, response.content), media_type="image/png")
 
     return app

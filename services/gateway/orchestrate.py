@@ -136,6 +136,10 @@ class SlideSession:
             source_lab=self.source,
             target_lab=self.target,
         )
+        if output_location:  # the exports written for the caller include the overview picture
+            self.aggregate_request.slide_png = self._call(
+                lambda: client.get(f"{urls.tiler}/v1/overview.png", params={"location": location}), "tiler overview"
+            ).content
 
     def _call(self, request: Callable[[], httpx.Response], what: str) -> httpx.Response:
         return self.run(lambda: _check(request(), what), what)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 from fastapi.testclient import TestClient
 
@@ -88,6 +89,16 @@ def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
         written = json.loads((folder / "result.json").read_text())
         assert written["mitosis_count"] == result["mitosis_count"] and "exports" not in written
         assert len((folder / "result.csv").read_text().strip().splitlines()) == 1 + result["mitosis_count"]
+        slide_picture = cv2.imencode(".png", np.full((256, 256, 3), 230, np.uint8))[1].tobytes()
+        request.output_location, request.slide_png = "jobs/43", slide_picture
+        pictured = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        exports = result_from_message(pb.SlideResult.FromString(pictured.content))["exports"]
+        overview = cv2.imread(exports["overview.png"])
+        assert overview.shape[1] == 256 and (overview != 230).any()  # the slide's picture, drawn on
+        request.slide_png = b"not a png"
+        broken = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+        assert broken.status_code == 422 and "not a PNG" in broken.json()["message"]
+        request.slide_png = b""
         request.output_location = "../../elsewhere"
         outside = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert outside.status_code == 422 and outside.json()["error"] == "bad_output_location"
