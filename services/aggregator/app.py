@@ -25,7 +25,13 @@ from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
 from services.common import objectstore
-from services.common.messages import MessageError, detections_from_message, plan_from_message, result_to_message
+from services.common.messages import (
+    MessageError,
+    add_model_provenance,
+    detections_from_message,
+    plan_from_message,
+    result_to_message,
+)
 from services.common.objectstore import S3Config
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
@@ -73,24 +79,7 @@ def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
             "overlap_px": plan.overlap_px,
         },
     }
-    if message.HasField("model"):
-        m = message.model
-        provenance["model"] = {
-            "name": m.name,
-            "version": m.version,
-            "sha256": m.sha256,
-            "backend": m.backend,
-            "input_size_px": m.input_size_px,
-            "mpp_um_per_px": m.mpp_um_per_px,
-            "class_names": list(class_names),
-        }
-        provenance["parameters"]["score_threshold"] = m.score_threshold
-    if message.HasField("source_lab") and message.HasField("target_lab"):
-        provenance["normalisation"] = {
-            "method": "reinhard",
-            "source_lab": {"mean": list(message.source_lab.mean), "std": list(message.source_lab.std)},
-            "target_lab": {"mean": list(message.target_lab.mean), "std": list(message.target_lab.std)},
-        }
+    add_model_provenance(provenance, message, list(class_names))
     return result_document(slide, summary, merged, provenance)
 
 

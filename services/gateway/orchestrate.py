@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from services.common.messages import PROTOBUF_CONTENT_TYPE, result_from_message, stats_to_message
+from services.common.messages import PROTOBUF_CONTENT_TYPE, model_message, result_from_message, stats_to_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.preprocess.reinhard import LabStats
 from services.tiler.reader import DEFAULT_BATCH_SIZE
@@ -124,15 +124,7 @@ class SlideSession:
             class_names=described["class_names"],
             field_diameter_mm=field_diameter_mm,
             output_location=output_location,
-            model=pb.ModelProvenance(
-                name=described["name"],
-                version=described["version"],
-                sha256=described["sha256"],
-                backend=described["backend"],
-                input_size_px=described["input_size_px"],
-                mpp_um_per_px=described["mpp_um_per_px"],
-                score_threshold=described["score_threshold"],
-            ),
+            model=model_message(described, described["score_threshold"]),
             source_lab=self.source,
             target_lab=self.target,
         )
