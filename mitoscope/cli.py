@@ -450,8 +450,7 @@ def watch(
                 console.print(f"[yellow]{e}; looking again in {poll_s:.0f} s[/]")  # not the slides' fault
                 handled = []
             for slide in handled:
-                entry = next(e for e in source.load_ledger().slides.values() if e["slide"] == slide.name)
-                console.print(f"{slide.name}: {describe(entry)}")
+                console.print(f"{slide.name}: {describe(watcher.outcomes[slide.name])}")
             for problem in watcher.problems:
                 console.print(f"[yellow]{problem}; trying again at the next look[/]")
             looks += 1

@@ -402,24 +402,25 @@ class StackError(RuntimeError):
     """The local stack cannot be started or is already running."""
 
 
-def _start_time(pid: int) -> str | None:
-    """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid, it
-    names one process, so a pid reused after a reboot or a crash is never signalled."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None when gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() if pid > 0 else None
     except (OSError, IndexError):
         return None
 
 
+def _start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid, it
+    names one process, so a pid reused after a reboot or a crash is never signalled."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
+
+
 def _alive(pid: int, start: str | None = None) -> bool:
     """`pid` runs (not a zombie) and, when `start` is given, is the process that started then."""
-    if pid <= 0:
-        return False
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z" and (start is None or fields[19] == start)
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
 
 
 def _stop_group(pid: int) -> None:

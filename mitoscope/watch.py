@@ -257,6 +257,7 @@ class Watcher:
     scorer: Scorer
     follow_failed_every: int = FOLLOW_FAILED_EVERY
     problems: list[str] = field(default_factory=list)  # what kept slides from being handled at the last look
+    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)  # slide name -> its entry, last look
     _looks: int = 0
 
     def poll(self) -> list[WrittenSlide]:
@@ -267,7 +268,7 @@ class Watcher:
         duplicate. A slide that cannot be read now (store or inference server away) is left for
         a later look and named in `problems`; one the store refuses is recorded as failed. Only a
         failure to list the source or to read its ledger ends the look."""
-        self.problems = []
+        self.problems, self.outcomes = [], {}
         self._looks += 1
         ledger = self.source.load_ledger()
         slides = {s.name: s for s in self.source.slides()}
@@ -286,6 +287,7 @@ class Watcher:
                 changed = True
                 continue
             self._report(slide, outcome)
+            self.outcomes[slide.name] = outcome
             self.source.save_ledger(ledger)  # after each slide: a crash loses at most the one in hand
             changed = False
             handled.append(slide)

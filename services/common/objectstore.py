@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -246,16 +246,7 @@ def problems(config: S3Config) -> list[str]:
     """What keeps the object store from serving now (empty when it answers), for readiness.
 
     Any S3 answer counts, a refusal included: a key without ListAllMyBuckets is still served."""
-    quick = S3Config(
-        config.endpoint,
-        config.access_key,
-        config.secret_key,
-        config.secure,
-        config.region,
-        connect_timeout_s=READINESS_TIMEOUT_S,
-        read_timeout_s=READINESS_TIMEOUT_S,
-        retries=0,
-    )
+    quick = replace(config, connect_timeout_s=READINESS_TIMEOUT_S, read_timeout_s=READINESS_TIMEOUT_S, retries=0)
     try:
         with _Translated(f"s3://{config.endpoint}", quick):
             client(quick).list_buckets()

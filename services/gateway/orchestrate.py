@@ -177,8 +177,6 @@ def detect_in_flight(
     A new batch is sent only when the caller takes a finished one (backpressure). When the caller
     stops early or a batch fails, nothing more is sent, `stop` is set (so batches waiting to retry
     give up at once) and the batches in flight are awaited."""
-    if max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
     pending = iter(batch_indices)
     finished_all = False
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batch") as pool:
