@@ -24,6 +24,8 @@ MIN_SIDE_PX = 16
 # Plausible range of microns per pixel for brightfield scanners (100x .. 2.5x).
 MIN_MPP_UM_PER_PX = 0.05
 MAX_MPP_UM_PER_PX = 4.0
+DICOM_SUFFIX = ".dcm"
+MAX_DICOM_FILES_TRIED = 8  # a series folder holds a few levels and associated images
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,17 @@ def _read_mpp(props: Any) -> float | None:
 
 
 def open_slide(path: Path) -> Slide:
-    """Open with OpenSlide, else tiffslide; check dimensions and that the overview decodes."""
-    if not path.is_file():
+    """Open with OpenSlide, else tiffslide; check dimensions and that the overview decodes.
+
+    A folder is taken as a DICOM whole-slide image: the series' `.dcm` files side by side."""
+    if path.is_dir():
+        slide = _open_dicom_folder(path)
+    elif not path.is_file():
         raise SlideOpenError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    elif path.stat().st_size == 0:
         raise SlideOpenError(f"{path.name}: the file is empty (0 bytes)")
-    slide = _open_with_backends(path)
+    else:
+        slide = _open_with_backends(path)
     info = slide.info
     if not (MIN_SIDE_PX <= info.width_px <= MAX_SIDE_PX and MIN_SIDE_PX <= info.height_px <= MAX_SIDE_PX):
         slide.close()
@@ -197,6 +204,38 @@ def _open_with_backends(path: Path) -> Slide:
     raise SlideOpenError(
         f"{path.name}: not a whole-slide image that OpenSlide or tiffslide can read "
         f"({'; '.join(errors)}); supported: SVS, NDPI, MRXS, SCN, DICOM, tiled TIFF, OME-TIFF"
+    )
+
+
+def _open_dicom_folder(folder: Path) -> Slide:
+    """OpenSlide (>= 4.0) opens a DICOM series from any one of its files, finding the others
+    (same Series Instance UID) in the same folder; the largest file is most likely level 0."""
+    import openslide
+
+    files = sorted(
+        (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() == DICOM_SUFFIX),
+        key=lambda f: (-f.stat().st_size, f.name),
+    )
+    if not files:
+        raise SlideOpenError(
+            f"{folder.name}: a folder without {DICOM_SUFFIX} files; give a slide file, "
+            "or the folder holding the .dcm files of one DICOM whole-slide image"
+        )
+    errors: list[str] = []
+    for file in files[:MAX_DICOM_FILES_TRIED]:
+        try:
+            handle = openslide.OpenSlide(str(file))
+        except openslide.OpenSlideError as e:  # also OpenSlideUnsupportedFormatError
+            errors.append(f"{file.name}: {e or type(e).__name__}")
+            continue
+        if handle.properties.get("openslide.vendor") == "dicom":
+            return Slide(folder, handle, "openslide")
+        handle.close()
+        errors.append(f"{file.name}: not DICOM")
+    raise SlideOpenError(
+        f"{folder.name}: no DICOM whole-slide image OpenSlide can read in the folder "
+        f"({'; '.join(errors[:3])}); it needs the VL Whole Slide Microscopy files of one series together "
+        "in one folder: re-export the slide from the scanner or the PACS"
     )
 
 
