@@ -77,9 +77,11 @@ format: $(VENV)/.installed ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix mitoscope services training tests bench
 	$(VENV)/bin/ruff format mitoscope services training tests bench
 
-models: $(VENV)/.installed $(TRAIN_VENV)/.installed ## Retrain both detectors from scratch (hours on 2 CPU cores) and regenerate their Triton configs
+models: $(VENV)/.installed $(TRAIN_VENV)/.installed ## Retrain the detectors and the second stage from scratch (hours on 2 CPU cores) with their Triton configs
 	$(TRAIN_VENV)/bin/python -m training.train_yolo --amibr $(SHARED)/data/amibr --out runs/yolo
 	$(PY) -m services.detector.triton_repository model_repository/yolov5n_mitosis
+	$(TRAIN_VENV)/bin/python -m training.train_classifier --shared $(SHARED)/data --out runs/classifier \
+		--detector model_repository/yolov5n_mitosis/1/model.onnx --install model_repository/mitosis_classifier
 	$(TRAIN_VENV)/bin/python -m training.train_frcnn --dataset runs/yolo/dataset --out runs/frcnn \
 		--install model_repository/faster_rcnn_mitosis
 	$(PY) -m services.detector.triton_repository model_repository/faster_rcnn_mitosis

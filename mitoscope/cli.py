@@ -20,7 +20,7 @@ from rich.table import Table
 
 from mitoscope import __version__
 from mitoscope.pipeline import ScoreOptions
-from services.detector.detector import Detector
+from services.detector.detector import DEFAULT_CLASSIFIER_NAME, Detector
 
 app = typer.Typer(
     help="mitoscope: count mitoses on breast-cancer H&E whole-slide images and give the "
@@ -85,6 +85,13 @@ def score(
             "(both, weighted box fusion), or a path to an .onnx file."
         ),
     ] = "yolov5n_mitosis",
+    classifier: Annotated[
+        str,
+        typer.Option(
+            help="Second stage that confirms each candidate and calls it atypical or normal: a model name, "
+            "an .onnx path, or 'none' for the detector alone."
+        ),
+    ] = DEFAULT_CLASSIFIER_NAME,
     backend: Annotated[
         BackendChoice, typer.Option(help="Run the model in this process or on a Triton server.")
     ] = BackendChoice.onnxruntime,
@@ -130,7 +137,7 @@ def score(
         local = resolve_slide(slide, SlideCache(cache_root) if is_s3_uri(slide) else None)
         name = slide.rsplit("/", 1)[-1]
         out_dir = out or (Path(f"{name}.mitoscope") if is_s3_uri(slide) else local.with_name(f"{name}.mitoscope"))
-        detector = open_detector(model, backend.value, _model_repository(), triton_url, threads)
+        detector = open_detector(model, backend.value, _model_repository(), triton_url, threads, classifier)
         result = _score_with_progress(local, out_dir, detector, options, name)
     except (StorageUnavailableError, InferenceServerError) as e:
         raise _fail(str(e), EXIT_UNAVAILABLE) from None
@@ -193,6 +200,10 @@ def _print_summary(result: dict, out_dir: Path, seconds: float | None = None) ->
         f"({hotspot['tissue_area_mm2']:.2f} mm² tissue)",
     )
     table.add_row("Nottingham mitotic score", str(result["mitotic_score"]))
+    if any("atypical_probability" in d for d in result["detections"]):
+        table.add_row(
+            "atypical mitoses", f"{result['atypical_count']} ({100 * result['atypical_fraction']:.0f} % of mitoses)"
+        )
     source = f" ({result['slide']['mpp_source']})" if "mpp_source" in result["slide"] else ""
     table.add_row("resolution", f"{result['slide']['mpp_um_per_px']} µm/px{source}")
     table.add_row("model", f"{prov['model']['name']} v{prov['model']['version']} via {prov['model']['backend']}")
@@ -200,6 +211,43 @@ def _print_summary(result: dict, out_dir: Path, seconds: float | None = None) ->
     tiles = prov["tiles"]["total"]
     table.add_row("tiles", f"{tiles} in {seconds:.1f} s ({tiles / max(seconds, 1e-9):.1f} tiles/s)")
     table.add_row("outputs", str(out_dir))
+    Console().print(table)
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Images (PNG, JPEG, TIFF), each centred on one figure.")],
+    mpp: Annotated[
+        float, typer.Option(min=0.05, max=4.0, help="Microns per pixel of the images (resampled to the model's).")
+    ] = 0.25,
+    classifier: Annotated[str, typer.Option(help="Classifier model name or .onnx path.")] = DEFAULT_CLASSIFIER_NAME,
+    normalise: Annotated[
+        bool, typer.Option(help="Reinhard-normalise each image with its own statistics (off: already normalised).")
+    ] = True,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+) -> None:
+    """Score single figures with the second stage: mitosis and atypical probabilities per image.
+
+    With --json each line is {"path": ..., "mitosis_probability": ..., "atypical_probability": ...}.
+    """
+    import json
+
+    from mitoscope.classify import classify_files
+    from services.detector.errors import DetectorError
+
+    try:
+        rows = classify_files(images, mpp, classifier, _model_repository(), normalise)
+    except (DetectorError, ValueError) as e:
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    if json_lines:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table("image", "mitosis probability", "atypical probability", "call")
+    for row in rows:
+        table.add_row(
+            row["path"], f"{row['mitosis_probability']:.3f}", f"{row['atypical_probability']:.3f}", row["call"]
+        )
     Console().print(table)
 
 
@@ -575,9 +623,13 @@ def _run_in_training_venv(module: str, args: list[str]) -> None:
 
     from mitoscope.pipeline import REPO_ROOT
 
-    python = REPO_ROOT / ".venv-train" / "bin" / "python"
+    python = Path(os.environ.get("MITOSCOPE_TRAIN_VENV", REPO_ROOT / ".venv-train")) / "bin" / "python"
     if not python.exists():
-        raise _fail(f"no training venv at {python.parent.parent}; create it with `make train-venv`", EXIT_BAD_INPUT)
+        if {"-h", "--help"} & set(args):
+            # Every recipe imports torch only once its options are parsed: its help needs no training venv.
+            python = Path(sys.executable)
+        else:
+            raise _fail(f"no training venv at {python.parent.parent}; create it with `make train-venv`", EXIT_BAD_INPUT)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -604,6 +656,12 @@ def train_yolo(ctx: typer.Context) -> None:
 def train_frcnn(ctx: typer.Context) -> None:
     """Faster R-CNN with a ResNet-FPN backbone (torchvision); torchrun for several GPUs."""
     _run_in_training_venv("training.train_frcnn", ctx.args)
+
+
+@train_app.command("classifier", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_classifier(ctx: typer.Context) -> None:
+    """The second stage: mitosis vs look-alike and atypical vs normal on crops, with hard negatives."""
+    _run_in_training_venv("training.train_classifier", ctx.args)
 
 
 @app.command("export", context_settings=_PASS_THROUGH, add_help_option=False)

@@ -31,6 +31,7 @@ from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan
 from services.tiler.planning import plan_slide
+from services.tiler.qc import SlideQc
 from services.tiler.reader import DEFAULT_BATCH_SIZE, ReadGeometry, read_batches, read_tile
 from services.tiler.slide import Slide, open_slide, resolve_mpp
 from services.tiler.tissue import TissueMask
@@ -66,6 +67,7 @@ class PreparedSlide:
     tissue: TissueMask
     plan: TilePlan
     overview: np.ndarray
+    qc: SlideQc
 
 
 def prepare_slide(path: Path, options: ScoreOptions, model_mpp_um_per_px: float, tile_px: int) -> PreparedSlide:
@@ -79,7 +81,7 @@ def prepare_slide(path: Path, options: ScoreOptions, model_mpp_um_per_px: float,
         slide.close()
         raise
     source = "override" if options.mpp_override_um_per_px is not None else "metadata"
-    return PreparedSlide(slide, mpp, source, planned.tissue, planned.plan, planned.overview)
+    return PreparedSlide(slide, mpp, source, planned.tissue, planned.plan, planned.overview, planned.qc)
 
 
 def slide_colour_stats(slide: Slide, plan: TilePlan, sample_tiles: int = STATS_SAMPLE_TILES) -> LabStats:
@@ -179,7 +181,7 @@ def score_slide(
             },
             "timing": {"seconds": round(elapsed_s, 2), "tiles_per_s": round(len(plan.tiles) / max(elapsed_s, 1e-9), 2)},
         }
-        result = result_document(slide_doc, summary, detections, provenance)
+        result = result_document(slide_doc, summary, detections, provenance, prepared.qc.to_dict())
         gallery = _gallery_crops(slide, result) if options.gallery else None
     _write_outputs(out_dir, result, prepared.overview, gallery)
     return result

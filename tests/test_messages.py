@@ -49,3 +49,23 @@ def test_stats_and_detections_round_trip() -> None:
     assert set(back) == {3, 4} and len(back[4]) == 0
     np.testing.assert_allclose(back[3].boxes_px, found[0].boxes_px)
     assert back[3].scores[0] == pytest.approx(0.75)
+    assert back[3].mitosis_probabilities is None  # no second stage: no probabilities invented
+
+
+def test_second_stage_probabilities_cross_the_wire() -> None:
+    tiles = (Tile(0, 0, 0, 0, 0),)
+    found = [
+        TileDetections(
+            np.array([[1, 2, 51, 52], [100, 100, 150, 150]], np.float32),
+            np.array([0.3, 0.2], np.float32),
+            np.array([0, 1]),
+            mitosis_probabilities=np.array([0.91, 0.88], np.float32),
+            atypical_probabilities=np.array([0.1, 0.8], np.float32),
+        )
+    ]
+    wire = detections_to_message("s", "yolov5n_mitosis+mitosis_classifier", tiles, found).SerializeToString()
+    (back,) = detections_from_message(pb.Detections.FromString(wire)).values()
+    assert back.mitosis_probabilities is not None and back.atypical_probabilities is not None
+    np.testing.assert_allclose(back.mitosis_probabilities, [0.91, 0.88], rtol=1e-6)
+    np.testing.assert_allclose(back.atypical_probabilities, [0.1, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(back.class_ids, [0, 1])

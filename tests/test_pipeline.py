@@ -130,7 +130,8 @@ def test_exports_validate(onnx_result: tuple[dict[str, Any], Path]) -> None:
     assert all(f["properties"]["classification"]["name"] == "Mitosis" for f in detections)
     with (out / "result.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0].keys()) == CSV_COLUMNS if rows else True
+    assert rows, "the end-to-end slide has planted mitoses: an empty CSV is a failure"
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
     assert len(rows) == result["mitosis_count"]
     assert sum(int(r["in_hotspot"]) for r in rows) == result["hotspot"]["count"]
     overview = cv2.imread(str(out / "overview.png"))

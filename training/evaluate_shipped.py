@@ -1,15 +1,20 @@
 """Measure the shipped detector where it was never trained, and write its model card figures.
 
-    python -m training.evaluate_shipped --amibr ../shared/data/amibr
+    python -m training.evaluate_shipped --shared ../shared
+
+Each figure is measured twice, side by side: the detector alone, and with the second stage
+(the crop classifier). What is measured (none of it was ever trained on):
 
 1. Synthetic slides with seeds the training set never used, scored by the full pipeline
    (`mitoscope.pipeline.score_slide`): recall, precision and count error against the planted
    mitoses (MIDOG matching: 7.5 µm).
-2. Held-out AMi-Br crops (whole source slides the training split never saw, as recorded in the
-   training manifest): crops of one source slide are Reinhard-normalised with that slide's
-   statistics, packed 16 to a 512 px tile, and every listed mitosis is matched within 7.5 µm.
-   The crops hold positives only, so precision there counts any detection that is not a listed
-   mitosis as false, including unlabelled look-alikes.
+2. Held-out AMi-Br crops (whole source slides no training saw: the seeded split that
+   `training.yolo_dataset` and the classifier's training both use): crops of one source slide
+   are Reinhard-normalised with that slide's statistics, packed 16 to a 512 px tile, and every
+   listed mitosis is matched within 7.5 µm. The crops hold positives only, so precision there
+   counts any detection that is not a listed mitosis as false, including unlabelled look-alikes.
+3. Real look-alikes (held-out CoNSeP and NuCLS images), calls per mm² on the real CMU-1 slide,
+   and atypical vs normal on the held-out AMi-Br slides (`training/evaluate_tissue.py`).
 Runs with the serving venv only (no torch).
 """
 
@@ -24,10 +29,12 @@ from pathlib import Path
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
-from services.detector.detector import Detector, open_detector
+from services.detector.classifier import NO_CLASSIFIER, TwoStageDetector
+from services.detector.detector import DEFAULT_CLASSIFIER_NAME, Detector, open_detector
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
+from training.evaluate_tissue import atypical_balanced_accuracy, calls_per_mm2, false_calls_on_lookalikes
 from training.mosaic import pack
-from training.yolo_dataset import CROP_PX, load_rgb, read_amibr
+from training.yolo_dataset import CROP_PX, load_rgb, read_amibr, split_slides
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEEDS = (900_001, 900_002, 900_003)  # never used by training (training uses 10_000 + ...)
@@ -35,7 +42,7 @@ MPP_UM_PER_PX = 0.25
 TILE_PX = 512
 
 
-def evaluate_synthetic(detector: Detector, size_px: int, threshold: float) -> list[dict[str, object]]:
+def evaluate_synthetic(detector: Detector, size_px: int, threshold: float | None) -> list[dict[str, object]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in EVAL_SEEDS:
@@ -61,12 +68,13 @@ def evaluate_synthetic(detector: Detector, size_px: int, threshold: float) -> li
     return rows
 
 
-def evaluate_amibr(detector: Detector, amibr: Path, manifest: dict[str, object], threshold: float) -> MatchCounts:
-    split_of: dict[str, str] = manifest["amibr_slides"]  # type: ignore[assignment]
+def evaluate_amibr(detector: Detector, amibr: Path, threshold: float | None, seed: int = 0) -> MatchCounts:
+    crops = read_amibr(amibr)
+    split_of = split_slides([c.source_slide for c in crops], seed, 0.15, 0.1)  # the training split
     target = LabStats.from_dict(detector.info.reinhard_target_lab)
     by_slide = defaultdict(list)
-    for crop in read_amibr(amibr):
-        if split_of.get(crop.source_slide) == "test":
+    for crop in crops:
+        if split_of[crop.source_slide] == "test":
             by_slide[crop.source_slide].append(crop)
     total = MatchCounts(0, 0, 0)
     per_row = TILE_PX // CROP_PX
@@ -88,53 +96,93 @@ def evaluate_amibr(detector: Detector, amibr: Path, manifest: dict[str, object],
     return total
 
 
+def _counts(counts: MatchCounts) -> dict[str, float]:
+    return {
+        "tp": counts.tp,
+        "fp": counts.fp,
+        "fn": counts.fn,
+        "recall": round(counts.recall, 4),
+        "precision": round(counts.precision, 4),
+        "f1": round(counts.f1, 4),
+    }
+
+
+def evaluate(detector: Detector, shared: Path, synthetic_size: int) -> dict[str, object]:
+    """Every figure of the model card for one configuration (detector alone, or two stages)."""
+    report: dict[str, object] = {"model": detector.info.name, "sha256": detector.info.sha256}
+    synthetic = evaluate_synthetic(detector, synthetic_size, None)
+    summed = MatchCounts(0, 0, 0)
+    for row in synthetic:
+        summed = summed + MatchCounts(int(row["tp"]), int(row["fp"]), int(row["fn"]))  # type: ignore[call-overload]
+    report["synthetic"] = {"slides": synthetic, **_counts(summed)}
+    amibr = shared / "data" / "amibr"
+    if amibr.is_dir():
+        report["amibr_test"] = _counts(evaluate_amibr(detector, amibr, None))
+    if (shared / "data" / "consep").is_dir() and (shared / "data" / "nucls").is_dir():
+        report["lookalikes_test"] = false_calls_on_lookalikes(detector, shared / "data")
+    cmu1 = shared / "slides" / "CMU-1-Small-Region.svs"
+    if cmu1.is_file():
+        report["cmu1"] = calls_per_mm2(detector, cmu1)
+    if isinstance(detector, TwoStageDetector) and amibr.is_dir():
+        report["atypia_test"] = atypical_balanced_accuracy(detector.classifier, amibr)
+    return report
+
+
+ROWS = (
+    ("recall, held-out AMi-Br slides (7.5 µm)", ("amibr_test", "recall"), ">= 0.95"),
+    ("precision, held-out AMi-Br crops", ("amibr_test", "precision"), "-"),
+    ("calls per mm² of tissue, CMU-1", ("cmu1", "calls_per_mm2"), "<= 2"),
+    ("false calls per 100 look-alikes, CoNSeP test", ("lookalikes_test", "consep", "false_calls_per_100"), "report"),
+    ("false calls per 100 look-alikes, NuCLS test", ("lookalikes_test", "nucls", "false_calls_per_100"), "report"),
+    ("atypical vs normal balanced accuracy, held-out AMi-Br", ("atypia_test", "balanced_accuracy"), ">= 0.75"),
+    ("planted-truth F1, unseen synthetic slides", ("synthetic", "f1"), ">= 0.95"),
+)
+
+
+def _lookup(report: dict[str, object], path: tuple[str, ...]) -> str:
+    value: object = report
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return "-"
+        value = value[key]
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(reports: dict[str, dict[str, object]]) -> str:
+    names = list(reports)
+    lines = [f"| figure | goal | {' | '.join(names)} |", "|---|---|" + "---|" * len(names)]
+    for label, path, goal in ROWS:
+        lines.append(f"| {label} | {goal} | " + " | ".join(_lookup(reports[n], path) for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="yolov5n_mitosis", help="model name, 'ensemble', or an .onnx path")
-    parser.add_argument("--amibr", type=Path, default=None, help="AMi-Br folder; skipped when absent")
+    parser.add_argument("--classifier", default=DEFAULT_CLASSIFIER_NAME, help="second stage; 'none' to skip it")
     parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=REPO / "runs" / "yolo" / "dataset" / "manifest.json",
-        help="the training run's dataset manifest (which source slides were held out)",
+        "--shared", type=Path, default=REPO.parent / "shared", help="data and slides; parts skipped when absent"
     )
     parser.add_argument("--synthetic-size", type=int, default=8192, help="side of each synthetic slide in px")
-    parser.add_argument("--threshold", type=float, default=None, help="default: the model's validated threshold")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/evaluation-<model>.json")
     args = parser.parse_args(argv)
     out = args.out or REPO / "runs" / f"evaluation-{Path(args.model).stem}.json"
 
-    detector = open_detector(args.model, "onnxruntime", REPO / "model_repository", "")
-    threshold = detector.info.score_threshold if args.threshold is None else args.threshold
-    report: dict[str, object] = {"model_sha256": detector.info.sha256, "threshold": threshold}
-    synthetic = evaluate_synthetic(detector, args.synthetic_size, threshold)
-    summed = MatchCounts(0, 0, 0)
-    for row in synthetic:
-        summed = summed + MatchCounts(int(row["tp"]), int(row["fp"]), int(row["fn"]))  # type: ignore[call-overload]
-    report["synthetic"] = {"slides": synthetic, "recall": summed.recall, "precision": summed.precision, "f1": summed.f1}
-    print(
-        f"synthetic ({len(synthetic)} unseen slides): recall {summed.recall:.3f} precision {summed.precision:.3f} "
-        f"F1 {summed.f1:.3f}; planted/counted {[(r['planted'], r['counted']) for r in synthetic]}"
-    )
-    if args.amibr is not None and args.amibr.exists() and args.manifest.exists():
-        manifest = json.loads(args.manifest.read_text())
-        counts = evaluate_amibr(detector, args.amibr, manifest, threshold)
-        report["amibr_test"] = {
-            "tp": counts.tp,
-            "fp": counts.fp,
-            "fn": counts.fn,
-            "recall": counts.recall,
-            "precision": counts.precision,
-            "f1": counts.f1,
-            "test_slides": sorted(s for s, v in manifest["amibr_slides"].items() if v == "test"),
-        }
-        print(
-            f"AMi-Br held-out slides: recall {counts.recall:.3f} precision {counts.precision:.3f} "
-            f"(TP {counts.tp}, FP {counts.fp}, FN {counts.fn})"
-        )
-    detector.close()
+    configurations = {"detector alone": NO_CLASSIFIER}
+    if args.classifier != NO_CLASSIFIER:
+        configurations["with the second stage"] = args.classifier
+    reports: dict[str, dict[str, object]] = {}
+    for label, classifier in configurations.items():
+        detector = open_detector(args.model, "onnxruntime", REPO / "model_repository", "", classifier=classifier)
+        try:
+            reports[label] = evaluate(detector, args.shared, args.synthetic_size)
+        finally:
+            detector.close()
+        print(f"{label}: done", flush=True)
+    table = markdown_table(reports)
+    print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps({"reports": reports, "table": table}, indent=1))
     print(f"wrote {out}")
 
 

@@ -80,7 +80,8 @@ def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
         },
     }
     add_model_provenance(provenance, message, list(class_names))
-    return result_document(slide, summary, merged, provenance)
+    qc = json.loads(message.plan.qc_json) if message.plan.qc_json else None
+    return result_document(slide, summary, merged, provenance, qc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -33,9 +33,20 @@ CSV_COLUMNS = (
     "class",
     "tile_index",
     "in_hotspot",
+    "mitosis_probability",
+    "atypical_probability",
 )
 MITOSIS_RGB = (220, 20, 20)
+ATYPICAL_RGB = (250, 150, 0)  # orange: atypical figures stand out from the red ones
+CLASS_STYLE = {"mitosis": ("Mitosis", MITOSIS_RGB), "atypical_mitosis": ("Atypical mitosis", ATYPICAL_RGB)}
+
+
+def _style(class_name: str) -> tuple[str, tuple[int, int, int]]:
+    return CLASS_STYLE.get(class_name, (class_name.capitalize(), MITOSIS_RGB))
+
+
 HOTSPOT_RGB = (0, 160, 60)
+QC_RGB = {"blur": (120, 120, 120), "pen": (40, 90, 200)}  # excluded tiles: grey out of focus, blue under ink
 
 
 def _in_hotspot(det: dict[str, Any], hotspot: dict[str, Any]) -> bool:
@@ -54,6 +65,11 @@ def geojson_document(result: dict[str, Any]) -> dict[str, Any]:
     features: list[dict[str, Any]] = []
     for det in result["detections"]:
         x0, y0, x1, y1 = det["box_px"]
+        name, colour = _style(det["class"])
+        measurements = {"score": det["score"], "centroid_x_px": det["x_px"], "centroid_y_px": det["y_px"]}
+        for key in ("mitosis_probability", "atypical_probability"):
+            if key in det:
+                measurements[key] = det[key]
         features.append(
             {
                 "type": "Feature",
@@ -61,8 +77,8 @@ def geojson_document(result: dict[str, Any]) -> dict[str, Any]:
                 "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
                 "properties": {
                     "objectType": "detection",
-                    "classification": {"name": det["class"].capitalize(), "color": list(MITOSIS_RGB)},
-                    "measurements": {"score": det["score"], "centroid_x_px": det["x_px"], "centroid_y_px": det["y_px"]},
+                    "classification": {"name": name, "color": list(colour)},
+                    "measurements": measurements,
                 },
             }
         )
@@ -107,6 +123,8 @@ def detection_rows(result: dict[str, Any]) -> list[list[Any]]:
             det["class"],
             det["tile_index"],
             int(_in_hotspot(det, result["hotspot"])),
+            det.get("mitosis_probability", ""),
+            det.get("atypical_probability", ""),
         ]
         for det in result["detections"]
     ]
@@ -188,9 +206,10 @@ def render_overview(result: dict[str, Any], thumbnail: npt.NDArray[np.uint8]) ->
     p0 = (round(h["x_px"] * scale), round(h["y_px"] * scale))
     p1 = (round((h["x_px"] + h["width_px"]) * scale) - 1, round((h["y_px"] + h["height_px"]) * scale) - 1)
     cv2.rectangle(canvas, p0, p1, HOTSPOT_RGB, max(2, radius // 2))
+    _draw_qc_layer(canvas, result.get("qc"), scale)
     for det in result["detections"]:
         centre = (round(det["x_px"] * scale), round(det["y_px"] * scale))
-        cv2.circle(canvas, centre, radius, MITOSIS_RGB, -1, cv2.LINE_AA)
+        cv2.circle(canvas, centre, radius, _style(det["class"])[1], -1, cv2.LINE_AA)
     caption_h = 44
     out = np.full((canvas.shape[0] + caption_h, canvas.shape[1], 3), 255, np.uint8)
     out[: canvas.shape[0]] = canvas
@@ -198,11 +217,29 @@ def render_overview(result: dict[str, Any], thumbnail: npt.NDArray[np.uint8]) ->
         f"{result['mitosis_count']} mitoses | hotspot {h['count']} / {h['fields']} HPF | "
         f"score {result['mitotic_score']} | {result['density_per_mm2']:.2f} /mm2 tissue"
     )
+    if result.get("atypical_count"):
+        text += f" | {result['atypical_count']} atypical (orange)"
+    excluded_mm2 = (result.get("qc") or {}).get("excluded_area_mm2", 0)
+    if excluded_mm2:
+        text += f" | QC left out {excluded_mm2:.2f} mm2"
     font_scale = max(0.35, min(0.7, canvas.shape[1] / 1400))
     cv2.putText(
         out, text, (8, canvas.shape[0] + 28), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (30, 30, 30), 1, cv2.LINE_AA
     )
     return out
+
+
+def _draw_qc_layer(canvas: npt.NDArray[np.uint8], qc: dict[str, Any] | None, scale: float) -> None:
+    """Tiles quality control left out, shaded in their reason's colour with a cross."""
+    for group in (qc or {}).get("excluded", []):
+        colour = QC_RGB.get(group["reason"], (120, 120, 120))
+        for x0, y0, x1, y1 in group.get("boxes_level0_px", []):
+            p0 = (round(x0 * scale), round(y0 * scale))
+            p1 = (round(x1 * scale) - 1, round(y1 * scale) - 1)
+            region = canvas[max(p0[1], 0) : p1[1] + 1, max(p0[0], 0) : p1[0] + 1]
+            region[:] = (0.5 * region + 0.5 * np.asarray(colour, np.float32)).astype(np.uint8)
+            cv2.rectangle(canvas, p0, p1, colour, 1)
+            cv2.line(canvas, p0, p1, colour, 1)
 
 
 def write_png(rgb: npt.NDArray[np.uint8], path: Path) -> None:

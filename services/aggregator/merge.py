@@ -16,11 +16,16 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from services.detector.postprocess import TileDetections
 from services.tiler.grid import Tile, TilePlan
 
 DEFAULT_MERGE_RADIUS_UM = 7.5
 MITOSIS_CLASS = "mitosis"
+ATYPICAL_CLASS = "atypical_mitosis"  # a mitosis the second stage calls atypical
+MITOTIC_CLASSES = (MITOSIS_CLASS, ATYPICAL_CLASS)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class SlideDetection:
     score: float
     class_name: str
     tile_index: int
+    mitosis_probability: float | None = None  # from the second stage, when there is one
+    atypical_probability: float | None = None
 
 
 def owned_bounds(
@@ -58,7 +65,9 @@ def to_slide_detections(
     origin_x, origin_y = tile.level0_origin(scale)
     bx0, by0, bx1, by1 = owned_bounds(plan, tile, occupied, margin_px)
     out = []
-    for box, score, class_id in zip(detections.boxes_px, detections.scores, detections.class_ids, strict=True):
+    for i, (box, score, class_id) in enumerate(
+        zip(detections.boxes_px, detections.scores, detections.class_ids, strict=True)
+    ):
         cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
         if not (bx0 <= cx < bx1 and by0 <= cy < by1):
             continue
@@ -78,9 +87,19 @@ def to_slide_detections(
                 score=float(score),
                 class_name=class_names[int(class_id)],
                 tile_index=tile.index,
+                mitosis_probability=_optional(detections.mitosis_probabilities, i),
+                atypical_probability=_optional(detections.atypical_probabilities, i),
             )
         )
     return out
+
+
+def _optional(values: npt.NDArray[np.float32] | None, i: int) -> float | None:
+    return None if values is None else float(values[i])
+
+
+def _rank(d: SlideDetection) -> float:
+    return d.score if d.mitosis_probability is None else d.mitosis_probability
 
 
 def cluster_detections(detections: list[SlideDetection], radius_px: float) -> list[SlideDetection]:
@@ -88,7 +107,8 @@ def cluster_detections(detections: list[SlideDetection], radius_px: float) -> li
     cell = max(radius_px, 1e-6)
     grid: dict[tuple[int, int], list[SlideDetection]] = defaultdict(list)
     kept: list[SlideDetection] = []
-    for det in sorted(detections, key=lambda d: (-d.score, d.y_px, d.x_px)):
+    # With a second stage its probability ranks the figures; the detector score otherwise.
+    for det in sorted(detections, key=lambda d: (-_rank(d), d.y_px, d.x_px)):
         gx, gy = int(det.x_px // cell), int(det.y_px // cell)
         near = (other for dx in (-1, 0, 1) for dy in (-1, 0, 1) for other in grid[(gx + dx, gy + dy)])
         if any((o.x_px - det.x_px) ** 2 + (o.y_px - det.y_px) ** 2 <= radius_px**2 for o in near):

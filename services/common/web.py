@@ -68,7 +68,8 @@ def add_common_error_handlers(app: FastAPI) -> None:
 
 def _handler(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(status, code, str(exc))
+        # An error may name its own, finer code (a slide refused by QC says which check refused it).
+        return error_response(status, getattr(exc, "error_code", None) or code, str(exc))
 
     return handle
 

@@ -29,7 +29,8 @@ from services.common.web import (
     service_app,
 )
 from services.detector.backends import triton_problems
-from services.detector.detector import Detector, open_detector
+from services.detector.classifier import NO_CLASSIFIER
+from services.detector.detector import DEFAULT_CLASSIFIER_NAME, Detector, open_detector
 from services.detector.errors import InferenceServerError, InferenceTimeoutError, ModelError, UnknownModelError
 from services.detector.model import DEFAULT_MODEL_NAME
 
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     triton_url: str = "127.0.0.1:8001"
     model_repository: Path = REPO_ROOT / "model_repository"
     default_model: str = DEFAULT_MODEL_NAME
+    classifier: str = DEFAULT_CLASSIFIER_NAME  # the second stage for every model; "none" turns it off
     onnxruntime_threads: int = 0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
@@ -62,14 +64,15 @@ class Detectors:
             if name not in self._open:
                 s = self.settings
                 self._open[name] = open_detector(
-                    name, s.backend, s.model_repository, s.triton_url, s.onnxruntime_threads
+                    name, s.backend, s.model_repository, s.triton_url, s.onnxruntime_threads, s.classifier
                 )
             return self._open[name]
 
     def problems(self) -> list[str]:
         s = self.settings
         if s.backend == "triton":
-            return triton_problems(s.triton_url, s.default_model)
+            models = [s.default_model] + ([s.classifier] if s.classifier != NO_CLASSIFIER else [])
+            return [problem for model in models for problem in triton_problems(s.triton_url, model)]
         try:
             self.get(s.default_model)
         except (ModelError, InferenceServerError) as e:

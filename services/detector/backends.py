@@ -37,7 +37,8 @@ class DetectorBackend(Protocol):
     description: str
 
     def infer(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """(n, H, W, 3) uint8 normalised tiles -> the model's raw output (n, 4 + classes, anchors)."""
+        """(n, H, W, 3) uint8 normalised tiles (or crops) -> the model's raw output, e.g. (n, 4 + classes,
+        anchors) for YOLO, (n, 2) for the crop classifier."""
         ...
 
     def close(self) -> None: ...
@@ -75,6 +76,7 @@ class OnnxRuntimeBackend:
         names = [i.name for i in self._session.get_inputs()]
         if names != [INPUT_NAME]:
             raise ModelError(f"{model_path}: expected one input named {INPUT_NAME!r}, got {names}")
+        self.output_name = self._session.get_outputs()[0].name  # detections, or a classifier's probabilities
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.info = ModelInfo.from_metadata(self.metadata, file_sha256(model_path), str(model_path))
         self.description = f"onnxruntime ({model_path.name}, {threads or 'all'} threads)"
@@ -84,7 +86,7 @@ class OnnxRuntimeBackend:
     def infer(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         _check_batch(tiles, self.info)
         outputs = [
-            self._session.run([OUTPUT_NAME], {INPUT_NAME: tiles[i : i + self._sub_batch]})[0]
+            self._session.run([self.output_name], {INPUT_NAME: tiles[i : i + self._sub_batch]})[0]
             for i in range(0, len(tiles), self._sub_batch)
         ]
         if self.info.output_format == "xyxy_score_class":
@@ -146,6 +148,8 @@ class TritonBackend:
         params = {k: v.get("string_value", "") for k, v in config["config"].get("parameters", {}).items()}
         self.info = ModelInfo.from_metadata(params, params.get("mitoscope.model_sha256", ""), f"triton:{model_name}")
         self.description = f"triton grpc ({url}, model {model_name})"
+        outputs = config["config"].get("output", [])
+        self.output_name = outputs[0]["name"] if outputs else OUTPUT_NAME
         # Without batching (max_batch_size 0: Faster R-CNN on the GPU) a call takes one tile and
         # returns its [n, 6] boxes.
         self._batched = int(config["config"].get("max_batch_size", 0)) > 0
@@ -169,12 +173,12 @@ class TritonBackend:
                 result = self._client.infer(
                     self._model,
                     [request],
-                    outputs=[self._grpc.InferRequestedOutput(OUTPUT_NAME)],
+                    outputs=[self._grpc.InferRequestedOutput(self.output_name)],
                     client_timeout=self._timeout_s,
                 )
             except self._error_type as e:
                 raise self._translate(e) from e
-            outputs.append(result.as_numpy(OUTPUT_NAME))
+            outputs.append(result.as_numpy(self.output_name))
         if not self._batched:
             return pad_boxes(outputs)
         return np.concatenate(outputs).astype(np.float32, copy=False)

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.detector.backends import DetectorBackend, OnnxRuntimeBackend, TritonBackend
+from services.detector.classifier import with_classifier
 from services.detector.model import ModelInfo, resolve_model_path
 from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode
 
@@ -172,11 +173,25 @@ class EnsembleDetector:
 
 
 ENSEMBLE_NAME = "ensemble"
+DEFAULT_CLASSIFIER_NAME = "mitosis_classifier"  # the second stage; "none" turns it off
 ENSEMBLE_MEMBERS = ("yolov5n_mitosis", "faster_rcnn_mitosis")
 
 
-def open_detector(model: str, backend: str, repository: Path, triton_url: str, threads: int = 0) -> Detector:
-    """A detector by model name (or .onnx path, or "ensemble") on "onnxruntime" or "triton"."""
+def open_detector(
+    model: str,
+    backend: str,
+    repository: Path,
+    triton_url: str,
+    threads: int = 0,
+    classifier: str = DEFAULT_CLASSIFIER_NAME,
+) -> Detector:
+    """A detector by model name (or .onnx path, or "ensemble") on "onnxruntime" or "triton", its
+    candidates confirmed by the second-stage `classifier` ("none": the detector alone)."""
+    first = _first_stage(model, backend, repository, triton_url, threads)
+    return with_classifier(first, classifier, backend, repository, triton_url, threads)
+
+
+def _first_stage(model: str, backend: str, repository: Path, triton_url: str, threads: int) -> Detector:
     if model == ENSEMBLE_NAME:
         members: list[ModelDetector] = []
         try:

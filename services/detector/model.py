@@ -23,7 +23,8 @@ REQUIRED_KEYS = (
     "output_format",
     "reinhard_target_lab",
 )
-SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores", "xyxy_score_class")
+CLASSIFIER_OUTPUT_FORMAT = "mitosis_atypical_probabilities"  # the second stage: (n, 2) probabilities
+SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores", "xyxy_score_class", CLASSIFIER_OUTPUT_FORMAT)
 MAX_BOXES_PER_TILE = 100  # per-image models' boxes are padded to this many rows per tile
 DEFAULT_MODEL_NAME = "yolov5n_mitosis"
 FALLBACK_SCORE_THRESHOLD = 0.25  # for models exported without a validated threshold

@@ -13,11 +13,14 @@ MAX_DETECTIONS_PER_TILE = 300
 
 @dataclass(frozen=True)
 class TileDetections:
-    """Boxes (n, 4) as x0, y0, x1, y1 in tile pixels, with scores and class ids."""
+    """Boxes (n, 4) as x0, y0, x1, y1 in tile pixels, with scores and class ids; with a second
+    stage, also each box's mitosis and atypical probabilities (None without one)."""
 
     boxes_px: npt.NDArray[np.float32]
     scores: npt.NDArray[np.float32]
     class_ids: npt.NDArray[np.int64]
+    mitosis_probabilities: npt.NDArray[np.float32] | None = None
+    atypical_probabilities: npt.NDArray[np.float32] | None = None
 
     @classmethod
     def empty(cls) -> TileDetections:

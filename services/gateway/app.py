@@ -51,6 +51,7 @@ from services.gateway.jobs import (
     JobStore,
     UnknownJobError,
     make_engine,
+    slide_refused_code,
 )
 from services.gateway.orchestrate import DEFAULT_BATCHES_IN_FLIGHT, ServiceUrls
 from services.gateway.uploads import UploadError, UploadStorageError, UploadTooLargeError, receive_multipart
@@ -105,6 +106,14 @@ class UnsupportedMediaTypeError(ValueError):
 
 class UnknownSlideError(LookupError):
     """No slide with that id (HTTP 404)."""
+
+
+class SlideRefusedError(ValueError):
+    """The slide cannot be scored (quality control refused it); `error_code` says which check."""
+
+    def __init__(self, message: str, error_code: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
 
 
 class ResultNotReadyError(RuntimeError):
@@ -188,6 +197,9 @@ class JobOut(BaseModel):
     eta_s: float | None = Field(description="seconds left at the rate so far; null until the first batch is done")
     attempts: int
     error: str | None
+    error_code: str | None = Field(
+        default=None, description="why the slide was refused (not_brightfield, not_he, implausible_colours, no_tissue)"
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -203,6 +215,7 @@ class JobOut(BaseModel):
             eta_s=job.eta_s,
             attempts=job.attempts,
             error=job.error,
+            error_code=slide_refused_code(job.error),
         )
 
 
@@ -367,6 +380,9 @@ class Gateway:
 
     def result(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
+        refused = slide_refused_code(job.error) if job.state == FAILED else None
+        if refused:
+            raise SlideRefusedError(f"job {job_id} has no result: {job.error}", refused)
         if job.state != SUCCEEDED or job.result is None:
             reason = f"it failed: {job.error}" if job.error else f"it is {job.state}"
             raise ResultNotReadyError(f"job {job_id} has no result: {reason}")
@@ -440,6 +456,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             UnknownSlideError: (404, "unknown_slide"),
             UnknownJobError: (404, "unknown_job"),
             ResultNotReadyError: (409, "result_not_ready"),
+            SlideRefusedError: (422, "slide_refused"),
             JobStateError: (409, "job_state"),
         },
         lifespan=lifespan,

@@ -12,6 +12,7 @@ kept once.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,17 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+# A job failed because the tiler refused the slide (quality control, not a slide): its stored error
+# reads "slide refused (<code>): <message>", so clients get the code back without a schema change.
+SLIDE_REFUSED_PREFIX = re.compile(r"^slide refused \((?P<code>[a-z_]+)\): ")
+
+
+def slide_refused_code(error: str | None) -> str | None:
+    """The refusal code of a job's stored error (not_brightfield, not_he, ...), if the slide was refused."""
+    found = SLIDE_REFUSED_PREFIX.match(error or "")
+    return found["code"] if found else None
+
+
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 DEFAULT_LEASE_S = 60.0
 

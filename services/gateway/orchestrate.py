@@ -43,10 +43,13 @@ def run_once(step: Callable[[], T], what: str) -> T:
 class ServiceError(RuntimeError):
     """A service answered with an error; the message carries its status and JSON error."""
 
-    def __init__(self, message: str, status: int = 0, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, status: int = 0, retry_after_s: float | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+        self.code = code  # the service's machine-readable error code, e.g. "not_brightfield"
 
     @property
     def transient(self) -> bool:
@@ -64,15 +67,17 @@ class ServiceUrls:
 
 def _check(response: httpx.Response, what: str) -> httpx.Response:
     if response.status_code >= 400:
+        code: str | None = None
         try:
-            detail = response.json().get("message", response.text)
-        except ValueError:
+            body = response.json()
+            detail, code = body.get("message", response.text), body.get("error")
+        except (ValueError, AttributeError):
             detail = response.text
         try:
             retry_after_s: float | None = float(response.headers.get("retry-after", ""))
         except ValueError:
             retry_after_s = None
-        raise ServiceError(f"{what}: HTTP {response.status_code}: {detail}", response.status_code, retry_after_s)
+        raise ServiceError(f"{what}: HTTP {response.status_code}: {detail}", response.status_code, retry_after_s, code)
     return response
 
 

@@ -36,6 +36,7 @@ from services.gateway.orchestrate import (
     SlideSession,
     detect_in_flight,
 )
+from services.tiler.errors import QC_REFUSALS
 
 T = TypeVar("T")
 
@@ -205,13 +206,25 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
             store.finish(job.id, worker, session.aggregate(detections))
     except (LeaseLostError, StoppedError) as e:
         log.warning("abandoning job %s: %s", job.id, e)
-    except (ServiceError, GaveUpError, httpx.HTTPError) as e:
+    except ServiceError as e:
+        _fail(store, job, worker, failure_text(e))
+    except (GaveUpError, httpx.HTTPError) as e:
         _fail(store, job, worker, str(e))
     except SQLAlchemyError as e:  # the job store blinked: leave the job to resume from its checkpoints
         log.warning("abandoning job %s, the job store failed: %s", job.id, e)
     except Exception as e:  # a bug, not the slide's fault: fail the job visibly rather than loop on it
         log.exception("job %s failed unexpectedly", job.id)
         _fail(store, job, worker, f"internal error in the worker: {e!r}")
+
+
+SLIDE_REFUSAL_CODES = frozenset(error.code for error in QC_REFUSALS)
+
+
+def failure_text(error: ServiceError) -> str:
+    """What a failed job records; a slide the tiler refused keeps the refusal's code."""
+    if error.status == 422 and error.code in SLIDE_REFUSAL_CODES:
+        return f"slide refused ({error.code}): {error}"
+    return str(error)
 
 
 def _fail(store: JobStore, job: Job, worker: str, reason: str) -> None:

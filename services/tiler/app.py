@@ -28,7 +28,13 @@ from services.common import objectstore
 from services.common.messages import batch_to_message, plan_to_message
 from services.common.objectstore import S3Config
 from services.common.web import DEFAULT_MAX_CONCURRENT_REQUESTS, message_response, service_app
-from services.tiler.errors import SlideError, SlideNotFoundError, StorageRefusedError, StorageUnavailableError
+from services.tiler.errors import (
+    QC_REFUSALS,
+    SlideError,
+    SlideNotFoundError,
+    StorageRefusedError,
+    StorageUnavailableError,
+)
 from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from services.tiler.planning import OVERVIEW_MAX_SIDE_PX, SlidePlan, plan_slide
 from services.tiler.reader import ReadGeometry, read_tile
@@ -157,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors={
             SlideNotFoundError: (404, "slide_not_found"),
             SlideError: (422, "bad_slide"),
+            # Quality-control refusals answer their own code: not_brightfield, not_he, ...
+            **{error: (422, error.code) for error in QC_REFUSALS},
             StorageRefusedError: (422, "storage_refused"),
             StorageUnavailableError: (503, "storage_unavailable"),
         },
@@ -173,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def plan(request: PlanRequest, registry: RegistryDep) -> Response:
         _, _, planned = await run_in_threadpool(registry.plan, request)
-        return message_response(plan_to_message(planned.plan, planned.tissue))
+        return message_response(plan_to_message(planned.plan, planned.tissue, planned.qc.to_dict()))
 
     @app.post(
         "/v1/batch",

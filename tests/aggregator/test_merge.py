@@ -83,3 +83,36 @@ def test_detections_map_to_level0_with_the_slide_resolution() -> None:
     )
     assert (merged[0].x_px, merged[0].y_px) == pytest.approx((62.5, 112.5))
     assert merged[0].box_px == pytest.approx((50.0, 100.0, 75.0, 125.0))
+
+
+def test_second_stage_probabilities_and_atypical_figures_reach_the_result() -> None:
+    from services.aggregator.result import result_document, summarise
+
+    plan = _plan()
+    boxes = np.array([[200, 200, 250, 250], [300, 300, 350, 350]], np.float32)
+    per_tile = {
+        plan.tiles[0].index: TileDetections(
+            boxes,
+            np.array([0.2, 0.3], np.float32),
+            np.array([0, 1]),
+            mitosis_probabilities=np.array([0.9, 0.95], np.float32),
+            atypical_probabilities=np.array([0.1, 0.7], np.float32),
+        )
+    }
+    merged = merge_tile_detections(plan, per_tile, ("mitosis", "atypical_mitosis"))
+    assert [d.class_name for d in merged] == ["mitosis", "atypical_mitosis"]
+    assert [d.mitosis_probability for d in merged] == pytest.approx([0.9, 0.95])
+    tissue = TissueMask(np.ones((64, 64), bool), 2048 / 64, 0.25)
+    summary = summarise(merged, 2048, 2048, 0.25, tissue)
+    assert summary.mitosis_count == 2 and summary.atypical_count == 1 and summary.atypical_fraction == 0.5
+    doc = result_document({"name": "s"}, summary, merged, {})
+    assert doc["atypical_count"] == 1 and doc["atypical_fraction"] == 0.5
+    assert doc["detections"][1]["atypical_probability"] == pytest.approx(0.7)
+    without = summarise(
+        merge_tile_detections(plan, {0: TileDetections(boxes, np.array([0.9, 0.8], np.float32), np.zeros(2))}, CLASSES),
+        2048,
+        2048,
+        0.25,
+        tissue,
+    )
+    assert without.atypical_count == 0

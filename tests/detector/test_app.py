@@ -11,12 +11,11 @@ from fastapi.testclient import TestClient
 from services.common.messages import PROTOBUF_CONTENT_TYPE, batch_to_message, detections_from_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.detector.app import Settings, create_app
-from services.detector.backends import OnnxRuntimeBackend
-from services.detector.detector import ModelDetector
+from services.detector.detector import open_detector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer, free_port
 from services.tiler.grid import Tile
-from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT, TRITON_VENV
+from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, TRITON_VENV
 
 HEADERS = {"content-type": PROTOBUF_CONTENT_TYPE}
 
@@ -27,7 +26,8 @@ def _request(tiles: np.ndarray, model: str = "") -> bytes:
 
 
 def _expected(tiles: np.ndarray) -> list[int]:
-    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH, threads=1))
+    """What the library answers: the detector confirmed by the default second stage."""
+    detector = open_detector(DEFAULT_MODEL_NAME, "onnxruntime", MODEL_REPOSITORY, "", threads=1)
     counts = [len(t) for t in detector.detect(tiles)]
     detector.close()
     return counts
@@ -40,8 +40,9 @@ def test_detect_in_process_matches_the_library(e2e_tiles: np.ndarray) -> None:
         assert response.status_code == 200, response.text
         found = detections_from_message(pb.Detections.FromString(response.content))
         assert [len(found[i]) for i in range(len(e2e_tiles))] == _expected(e2e_tiles)
+        assert all(found[i].mitosis_probabilities is not None for i in found if len(found[i]))
         described = client.get(f"/v1/models/{DEFAULT_MODEL_NAME}").json()
-        assert described["input_size_px"] == 512 and described["class_names"] == ["mitosis"]
+        assert described["input_size_px"] == 512 and described["class_names"] == ["mitosis", "atypical_mitosis"]
         unknown = client.post("/v1/detect", content=_request(e2e_tiles[:1], "nope"), headers=HEADERS)
         assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_model"
         wrong_size = client.post("/v1/detect", content=_request(np.zeros((1, 256, 256, 3), np.uint8)), headers=HEADERS)

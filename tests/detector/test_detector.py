@@ -10,6 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.detector.backends import OnnxRuntimeBackend, TritonBackend
+from services.detector.detector import DEFAULT_CLASSIFIER_NAME
 from services.detector.errors import ModelError, UnknownModelError
 from services.detector.model import DEFAULT_MODEL_NAME, ModelInfo, resolve_model_path
 from services.detector.postprocess import decode_yolo, nms
@@ -69,17 +70,19 @@ def test_wrong_tile_shape_is_refused() -> None:
     backend.close()
 
 
+@pytest.mark.parametrize("model", [DEFAULT_MODEL_NAME, DEFAULT_CLASSIFIER_NAME])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_committed_triton_configs_are_current_and_match_the_onnx_graph(variant: str) -> None:
+def test_committed_triton_configs_are_current_and_match_the_onnx_graph(variant: str, model: str) -> None:
     import onnx
 
-    model_dir = MODEL_REPOSITORY / DEFAULT_MODEL_NAME
+    model_dir = MODEL_REPOSITORY / model
+    onnx_path = model_dir / "1" / "model.onnx"
     committed = config_paths(model_dir)[variant].read_text()
-    assert committed == model_config(model_dir, MODEL_PATH, variant), (
-        "regenerate: python -m services.detector.triton_repository model_repository/yolov5n_mitosis"
+    assert committed == model_config(model_dir, onnx_path, variant), (
+        f"regenerate: python -m services.detector.triton_repository model_repository/{model}"
     )
     config = text_format.Parse(committed, model_config_pb2.ModelConfig())
-    graph = onnx.load(str(MODEL_PATH), load_external_data=False).graph
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
     onnx_dtypes = {
         onnx.TensorProto.UINT8: model_config_pb2.TYPE_UINT8,
         onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
@@ -90,7 +93,7 @@ def test_committed_triton_configs_are_current_and_match_the_onnx_graph(variant: 
     assert [(o.name, o.data_type) for o in config.output] == [
         (o.name, onnx_dtypes[o.type.tensor_type.elem_type]) for o in graph.output
     ]
-    assert config.parameters["mitoscope.model_name"].string_value == DEFAULT_MODEL_NAME
+    assert config.parameters["mitoscope.model_name"].string_value == model
     if variant == "gpu":
         assert config.backend == "onnxruntime" and config.dynamic_batching.preferred_batch_size
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

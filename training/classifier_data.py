@@ -1,0 +1,421 @@
+"""The second stage's training set: real mitoses against real look-alikes, split by source image.
+
+Every sample is a `SAMPLE_PX` square at 0.25 µm/px centred on one object, Reinhard-normalised
+to the detector's target with its own source image's statistics (the pipeline's slide-level
+scheme), so the classifier sees crops as the detector service cuts them from normalised tiles.
+
+Sources (read `SOURCE.txt` in each folder of `../shared/data`):
+- AMi-Br: every listed mitosis is a positive, with its atypical/normal label; nuclei found
+  at least `NEGATIVE_MIN_DISTANCE_UM` from any listed mitosis in the same crop are negatives
+  (in-domain negatives, so "which scanner" is not a shortcut to "mitosis").
+- CoNSeP (colorectal, 0.275 µm/px, resampled): inflammatory, spindle and "other" nuclei are
+  negatives; epithelial nuclei may be unlabelled mitoses and are never used, and random points
+  are kept only away from them.
+- NuCLS (breast): stromal nuclei, lymphocytes and "other" are negatives; tumour nuclei (which
+  include mitoses) are not used.
+- ICPR 2012 (breast, 0.2456 µm/px): the fields are fully labelled and the mitoses painted over,
+  so nuclei and random points outside a margin around every listed mitosis are negatives.
+- Synthetic slides (`mitoscope.synth`): planted mitoses and look-alikes, so the two-stage
+  pipeline keeps what the detector was taught on our own slides.
+- Hard negatives mined with a detector (`--mine-with`): its calls on the negative images that
+  the rules above accept as negatives (the MIDOG winners' recipe), kept whatever their score.
+
+Splits are by source image or slide, never by crop: AMi-Br uses the detector's own split (same
+seed), CoNSeP and NuCLS keep their published train/test images, ICPR's first field trains and
+its second validates.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from mitoscope.synth import SynthParams, synthesize
+from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
+from training.yolo_dataset import load_rgb, read_amibr, split_slides
+
+MPP_UM_PER_PX = 0.25
+SAMPLE_PX = 96  # stored square; the classifier sees a CROP_PX window of it, shifted by augmentation
+NEGATIVE_MIN_DISTANCE_UM = 10.0  # a negative's centre is this far from any listed mitosis
+ICPR_MARGIN_UM = 12.0  # beyond the painted-over extent of each ICPR mitosis
+CONSEP_MPP = 0.275
+NUCLS_MPP = 0.25
+ICPR_MPP = 0.2456
+DUPLICATE_PX = 4.0 / MPP_UM_PER_PX  # two points this close are one object
+AMIBR_NEGATIVES_PER_CROP = 4  # in-domain negatives, so the scanner is no shortcut to "mitosis"
+RANDOM_POINTS_PER_MM2 = 800.0  # background, stroma and collagen: what the detector also calls
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+CONSEP_NEGATIVE_TYPES = (1, 2, 4)  # other, inflammatory, spindle; 3 (epithelial) may hide mitoses
+NUCLS_NEGATIVE_CLASSES = (1, 2, 3)  # stromal, lymphocyte, other; 0 (tumour) includes mitoses
+
+# A candidate finder: normalised RGB image at 0.25 µm/px -> object centres (x, y) in pixels.
+CandidateFinder = Callable[[npt.NDArray[np.uint8]], list[tuple[float, float]]]
+
+
+@dataclass
+class SampleSet:
+    """Samples as parallel lists; `atypical` is 1/0 for a labelled mitosis, -1 otherwise."""
+
+    images: list[npt.NDArray[np.uint8]] = field(default_factory=list)
+    is_mitosis: list[int] = field(default_factory=list)
+    atypical: list[int] = field(default_factory=list)
+    split: list[int] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+
+    def add(self, image: npt.NDArray[np.uint8], mitosis: bool, atypical: int, split: str, source: str, group: str):
+        self.images.append(image)
+        self.is_mitosis.append(int(mitosis))
+        self.atypical.append(atypical)
+        self.split.append(SPLIT_IDS[split])
+        self.source.append(source)
+        self.group.append(group)
+
+    def save(self, path: Path, manifest: dict[str, object]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(
+            partial,
+            images=np.stack(self.images),
+            is_mitosis=np.array(self.is_mitosis, np.int8),
+            atypical=np.array(self.atypical, np.int8),
+            split=np.array(self.split, np.int8),
+            source=np.array(self.source),
+            group=np.array(self.group),
+        )
+        partial.rename(path)
+        path.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+
+
+def window(image: npt.NDArray[np.uint8], cx: float, cy: float, size_px: int = SAMPLE_PX) -> npt.NDArray[np.uint8]:
+    """A size_px square centred on (cx, cy); what lies outside the image is mirrored in."""
+    half = size_px // 2
+    x0, y0 = round(cx) - half, round(cy) - half
+    h, w = image.shape[:2]
+    pad = max(0, -x0, -y0, x0 + size_px - w, y0 + size_px - h)
+    if pad:
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        x0, y0 = x0 + pad, y0 + pad
+    return np.ascontiguousarray(image[y0 : y0 + size_px, x0 : x0 + size_px])
+
+
+def resample(image: npt.NDArray[np.uint8], mpp_um_per_px: float) -> tuple[npt.NDArray[np.uint8], float]:
+    """The image at 0.25 µm/px, and the factor that maps its original pixels to the new ones."""
+    factor = mpp_um_per_px / MPP_UM_PER_PX
+    if abs(factor - 1.0) < 1e-3:
+        return image, 1.0
+    h, w = image.shape[:2]
+    size = (round(w * factor), round(h * factor))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC), factor
+
+
+def scanned_at_20x(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """`rgb` (0.25 µm/px) as a 20x scan would give it after the tiler's upsampling: half the
+    resolution, JPEG-compressed as scanners store it, then resized back with linear interpolation."""
+    h, w = rgb.shape[:2]
+    half = cv2.resize(rgb, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", half, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    if ok:
+        half = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def dark_blobs(rgb: npt.NDArray[np.uint8]) -> list[tuple[float, float]]:
+    """Nucleus-sized dark blobs (haematoxylin) of a normalised image at 0.25 µm/px."""
+    grey = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 1.5)
+    threshold, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    mask = (grey < min(threshold, 150)).astype(np.uint8)
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(mask)
+    px_per_um2 = 1 / MPP_UM_PER_PX**2
+    keep = [
+        (float(centroids[i][0]), float(centroids[i][1]))
+        for i in range(1, count)
+        if 12 * px_per_um2 <= stats[i, cv2.CC_STAT_AREA] <= 150 * px_per_um2  # ~4-14 µm across
+    ]
+    return keep
+
+
+def random_points(rng: random.Random, width_px: int, height_px: int) -> list[tuple[float, float]]:
+    area_mm2 = width_px * height_px * (MPP_UM_PER_PX / 1000) ** 2
+    n = max(1, round(RANDOM_POINTS_PER_MM2 * area_mm2))
+    return [(rng.uniform(0, width_px), rng.uniform(0, height_px)) for _ in range(n)]
+
+
+def far_from(points: list[tuple[float, float]], avoid: list[tuple[float, float]], min_px: float):
+    if not avoid:
+        return list(points)
+    avoid_arr = np.asarray(avoid, np.float64)
+    out = []
+    for x, y in points:
+        if float(np.min(np.hypot(avoid_arr[:, 0] - x, avoid_arr[:, 1] - y))) >= min_px:
+            out.append((x, y))
+    return out
+
+
+def dedupe(points: list[tuple[float, float]], min_px: float) -> list[tuple[float, float]]:
+    kept: list[tuple[float, float]] = []
+    for p in points:
+        if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= min_px**2 for q in kept):
+            kept.append(p)
+    return kept
+
+
+class Builder:
+    def __init__(self, target: LabStats, seed: int, finder: CandidateFinder | None) -> None:
+        self.target = target
+        self.rng = random.Random(seed)
+        self.finder = finder
+        self.samples = SampleSet()
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def normalise(self, rgb: npt.NDArray[np.uint8], stats: LabStats | None = None) -> npt.NDArray[np.uint8]:
+        return ReinhardNormaliser(stats or stats_from_images([rgb]), self.target)(rgb)
+
+    def negatives(
+        self,
+        rgb: npt.NDArray[np.uint8],
+        labelled: list[tuple[float, float]],
+        avoid: list[tuple[float, float]],
+        avoid_px: float,
+        split: str,
+        source: str,
+        group: str,
+        with_blobs: bool = True,
+    ) -> None:
+        """Labelled look-alikes, dark blobs, random points and mined calls, all away from `avoid`."""
+        h, w = rgb.shape[:2]
+        kinds: dict[str, list[tuple[float, float]]] = {
+            "nucleus": labelled,
+            "blob": dark_blobs(rgb) if with_blobs else [],
+            "random": random_points(self.rng, w, h),
+            "mined": self.finder(rgb) if self.finder else [],
+        }
+        taken: list[tuple[float, float]] = []
+        for kind, points in kinds.items():
+            # One sample per object: a point within DUPLICATE_UM of one already taken is the same object.
+            points = dedupe(far_from(far_from(points, avoid, avoid_px), taken, DUPLICATE_PX), DUPLICATE_PX)
+            for x, y in points:
+                self.samples.add(window(rgb, x, y), False, -1, split, f"{source}:{kind}", group)
+                self.counts[f"{split}_{source}_{kind}"] += 1
+            taken += points
+        if self.finder:
+            # The same tissue as a 20x scanner sees it, resampled to 40x as the tiler does: the
+            # detector's calls there are the look-alikes of 20x slides.
+            as_20x = scanned_at_20x(rgb)
+            mined = dedupe(far_from(self.finder(as_20x), avoid, avoid_px), DUPLICATE_PX)
+            for x, y in mined:
+                self.samples.add(window(as_20x, x, y), False, -1, split, f"{source}:mined20x", group)
+                self.counts[f"{split}_{source}_mined20x"] += 1
+
+    def positive(self, rgb, x: float, y: float, atypical: int, split: str, source: str, group: str) -> None:
+        self.samples.add(window(rgb, x, y), True, atypical, split, source, group)
+        self.counts[f"{split}_{source}_mitosis"] += 1
+
+
+def add_amibr(builder: Builder, amibr_dir: Path, seed: int) -> dict[str, str]:
+    crops = read_amibr(amibr_dir)
+    split_of = split_slides([c.source_slide for c in crops], seed, 0.15, 0.1)
+    atypical_of: dict[tuple[str, float, float], bool] = {}
+    with (amibr_dir / "amibr_patch_points.csv").open() as f:
+        for row in csv.DictReader(f):
+            key = (row["patch"], float(row["mf_x_in_patch"]), float(row["mf_y_in_patch"]))
+            atypical_of[key] = row["mf_majority_atypical"] == "True"
+    by_slide = defaultdict(list)
+    for crop in crops:
+        by_slide[crop.source_slide].append(crop)
+    for slide, members in sorted(by_slide.items()):
+        images = [load_rgb(c.path) for c in members]
+        stats = stats_from_images(images)
+        split = split_of[slide]
+        for crop, raw in zip(members, images, strict=True):
+            rgb = builder.normalise(raw, stats)
+            rel = str(crop.path.relative_to(amibr_dir))
+            as_20x = scanned_at_20x(rgb) if builder.finder else None
+            for x, y in crop.points:
+                builder.positive(rgb, x, y, int(atypical_of[(rel, x, y)]), split, "amibr", slide)
+                if as_20x is not None and split == "train":  # as many 20x-looking positives as mined negatives
+                    builder.positive(as_20x, x, y, int(atypical_of[(rel, x, y)]), split, "amibr20x", slide)
+            # In-domain negatives: nuclei of the same crop, well away from every listed figure.
+            avoid_px = NEGATIVE_MIN_DISTANCE_UM / MPP_UM_PER_PX
+            blobs = far_from(dark_blobs(rgb), list(crop.points), avoid_px)
+            for x, y in dedupe(blobs, DUPLICATE_PX)[:AMIBR_NEGATIVES_PER_CROP]:
+                builder.samples.add(window(rgb, x, y), False, -1, split, "amibr:blob", slide)
+                builder.counts[f"{split}_amibr_blob"] += 1
+    return split_of
+
+
+def consep_labels(mat_path: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    from scipy.io import loadmat  # training venv only
+
+    mat = loadmat(str(mat_path))
+    return np.asarray(mat["inst_centroid"], np.float64).reshape(-1, 2), np.asarray(mat["inst_type"]).reshape(-1)
+
+
+def add_consep(builder: Builder, consep_dir: Path) -> None:
+    avoid_px = NEGATIVE_MIN_DISTANCE_UM / MPP_UM_PER_PX
+    by_source: dict[str, list[Path]] = defaultdict(list)
+    for image_path in sorted((consep_dir / "images").glob("*/*.jpg")):
+        published, number = image_path.stem.split("_")[:2]
+        by_source[f"{published}_{number}"].append(image_path)
+    for source_image, paths in sorted(by_source.items()):
+        published, number = source_image.split("_")
+        # Published test images stay test; one train source image in five validates.
+        split = "test" if published == "test" else "val" if int(number) % 5 == 0 else "train"
+        resampled = [resample(load_rgb(p), CONSEP_MPP) for p in paths]
+        stats = stats_from_images([rgb for rgb, _ in resampled])  # per source image, like a slide
+        for image_path, (raw, factor) in zip(paths, resampled, strict=True):
+            mat_path = consep_dir / "type_mat" / image_path.parent.name / f"{image_path.stem}.mat"
+            centroids, types = consep_labels(mat_path)
+            rgb = builder.normalise(raw, stats)
+            points = [(float(x) * factor, float(y) * factor) for x, y in centroids]
+            look_alikes = [p for p, t in zip(points, types, strict=True) if int(t) in CONSEP_NEGATIVE_TYPES]
+            epithelial = [p for p, t in zip(points, types, strict=True) if int(t) == 3]
+            # Blobs are left out: unlabelled dark blobs here may be epithelial nuclei.
+            group = f"consep/{source_image}"
+            builder.negatives(rgb, look_alikes, epithelial, avoid_px, split, "consep", group, with_blobs=False)
+
+
+def add_nucls(builder: Builder, nucls_dir: Path) -> None:
+    avoid_px = NEGATIVE_MIN_DISTANCE_UM / MPP_UM_PER_PX
+    for image_path in sorted(nucls_dir.glob("*/images/*.png")):
+        published = image_path.parent.parent.name
+        split = "test" if published == "test" else "val" if image_path.stem in ("train_9", "train_10") else "train"
+        rows = [r for r in csv.reader((image_path.parent.parent / "labels" / f"{image_path.stem}.csv").open()) if r]
+        rgb, factor = resample(load_rgb(image_path), NUCLS_MPP)
+        rgb = builder.normalise(rgb)
+        points = [(float(r[0]) * factor, float(r[1]) * factor, int(r[2])) for r in rows]
+        look_alikes = [(x, y) for x, y, c in points if c in NUCLS_NEGATIVE_CLASSES]
+        tumour = [(x, y) for x, y, c in points if c not in NUCLS_NEGATIVE_CLASSES]
+        group = f"nucls/{published}/{image_path.stem}"
+        builder.negatives(rgb, look_alikes, tumour, avoid_px, split, "nucls", group, with_blobs=False)
+
+
+def _icpr_mitoses(csv_path: Path, factor: float) -> list[tuple[float, float, float]]:
+    """Centre and radius (resampled pixels) of each listed mitosis."""
+    out = []
+    for line in csv_path.read_text().splitlines():
+        values = [float(v) for v in line.split(",") if v.strip()]
+        if len(values) < 2:
+            continue
+        xy = np.asarray(values, np.float64).reshape(-1, 2) * factor
+        centre = xy.mean(axis=0)
+        radius = float(np.max(np.hypot(xy[:, 0] - centre[0], xy[:, 1] - centre[1])))
+        out.append((float(centre[0]), float(centre[1]), radius))
+    return out
+
+
+def add_icpr(builder: Builder, icpr_dir: Path) -> None:
+    for image_path in sorted(icpr_dir.glob("*.jpg")):
+        split = "train" if image_path.stem.endswith("_01") else "val"
+        rgb, factor = resample(load_rgb(image_path), ICPR_MPP)
+        rgb = builder.normalise(rgb)
+        mitoses = _icpr_mitoses(image_path.with_suffix(".csv"), factor)
+        margin_px = ICPR_MARGIN_UM / MPP_UM_PER_PX + max((r for _, _, r in mitoses), default=0.0)
+        avoid = [(x, y) for x, y, _ in mitoses]
+        builder.negatives(rgb, [], avoid, margin_px, split, "icpr12", f"icpr12/{image_path.stem}")
+
+
+def add_synthetic(builder: Builder, images: int, seed: int) -> None:
+    for k in range(images):
+        split = "val" if k % 5 == 4 else "train"
+        params = SynthParams(1536, 1536, seed=20_000 + seed * 100 + k, tissue_fraction=0.8, mitoses_per_mm2=60.0)
+        image = synthesize(params)
+        rgb = builder.normalise(image.rgb)
+        group = f"synth/{params.seed}"
+        for m in image.mitoses:
+            builder.positive(rgb, m.x_px, m.y_px, -1, split, "synth", group)
+        look_alikes = [(m.x_px, m.y_px) for m in image.lookalikes]
+        avoid = [(m.x_px, m.y_px) for m in image.mitoses]
+        builder.negatives(rgb, look_alikes, avoid, NEGATIVE_MIN_DISTANCE_UM / MPP_UM_PER_PX, split, "synth", group)
+
+
+def onnx_candidate_finder(model_path: Path, score_threshold: float) -> CandidateFinder:
+    """Centres of the detector's calls on a normalised image, tile by tile (hard-negative mining)."""
+    from services.detector.backends import OnnxRuntimeBackend
+    from services.detector.postprocess import decode
+
+    backend = OnnxRuntimeBackend(model_path)
+    tile_px = backend.info.input_size_px
+
+    def find(rgb: npt.NDArray[np.uint8]) -> list[tuple[float, float]]:
+        h, w = rgb.shape[:2]
+        padded = cv2.copyMakeBorder(rgb, 0, max(0, tile_px - h), 0, max(0, tile_px - w), cv2.BORDER_REFLECT_101)
+        step = tile_px - 64
+        centres: list[tuple[float, float]] = []
+        for ty in _starts(padded.shape[0], tile_px, step):
+            for tx in _starts(padded.shape[1], tile_px, step):
+                tile = padded[ty : ty + tile_px, tx : tx + tile_px][None]
+                dets = decode(backend.infer(np.ascontiguousarray(tile)), backend.info.output_format, score_threshold)[0]
+                for x0, y0, x1, y1 in dets.boxes_px:
+                    cx, cy = tx + (x0 + x1) / 2, ty + (y0 + y1) / 2
+                    if cx < w and cy < h:
+                        centres.append((float(cx), float(cy)))
+        return centres
+
+    return find
+
+
+def _starts(length: int, tile: int, step: int) -> Iterator[int]:
+    last = max(0, length - tile)
+    yield from range(0, last, step)
+    yield last
+
+
+def dataset_hash(samples: SampleSet) -> str:
+    digest = hashlib.sha256()
+    for image, label in zip(samples.images, samples.is_mitosis, strict=True):
+        digest.update(image.tobytes())
+        digest.update(bytes([label]))
+    return digest.hexdigest()
+
+
+def build(
+    out_path: Path,
+    shared_data: Path,
+    target: LabStats,
+    seed: int,
+    synth_images: int,
+    mine_with: Path | None,
+    mine_threshold: float,
+) -> dict[str, object]:
+    """Write the sample set to `out_path` (.npz) with a manifest beside it (.json)."""
+    finder = onnx_candidate_finder(mine_with, mine_threshold) if mine_with else None
+    builder = Builder(target, seed, finder)
+    manifest: dict[str, object] = {"seed": seed, "sample_px": SAMPLE_PX, "mpp_um_per_px": MPP_UM_PER_PX}
+    sources = {
+        "amibr": lambda d: manifest.__setitem__("amibr_slides", add_amibr(builder, d, seed)),
+        "consep": lambda d: add_consep(builder, d),
+        "nucls": lambda d: add_nucls(builder, d),
+        "icpr12": lambda d: add_icpr(builder, d),
+    }
+    used = []
+    for name, add in sources.items():
+        folder = shared_data / name
+        if folder.is_dir():
+            add(folder)
+            used.append(name)
+    if synth_images:
+        add_synthetic(builder, synth_images, seed)
+        used.append("synthetic")
+    if not builder.samples.images:
+        raise ValueError(f"no training data found under {shared_data}")
+    manifest.update(
+        sources=used,
+        mined_with=str(mine_with) if mine_with else None,
+        mine_threshold=mine_threshold if mine_with else None,
+        counts=dict(sorted(builder.counts.items())),
+        target_lab=json.loads(target.to_json()),
+        data_sha256=dataset_hash(builder.samples),
+    )
+    builder.samples.save(out_path, manifest)
+    return manifest
