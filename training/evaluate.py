@@ -22,8 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, ScoredImage, best_threshold, pr_curve
+from services.aggregator.exports import write_png
 from services.aggregator.merge import MITOSIS_CLASS, merge_tile_detections
 from services.detector.detector import Detector
+from services.detector.model import ModelInfo
 from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import DEFAULT_OVERLAP_PX, plan_tiles
@@ -177,3 +179,38 @@ def training_images(model_extra: dict[str, str]) -> str:
 TABLE_HEADER = (
     "| dataset | train / test images | model | F1 | recall | precision | training time |\n|---|---|---|---|---|---|---|"
 )
+
+
+def evaluation_document(evaluation: Evaluation, model: ModelInfo) -> dict[str, Any]:
+    """The content of evaluation.json: the model, the threshold and its source, counts, metrics, the test curve."""
+    c = evaluation.test
+    return {
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "threshold": evaluation.threshold,
+        "threshold_source": evaluation.threshold_source,
+        "images": evaluation.images,
+        "truths": evaluation.truths,
+        "tp": c.tp,
+        "fp": c.fp,
+        "fn": c.fn,
+        "precision": c.precision,
+        "recall": c.recall,
+        "f1": c.f1,
+        "curve": [{"threshold": t, "tp": m.tp, "fp": m.fp, "fn": m.fn} for t, m in evaluation.curve],
+    }
+
+
+def write_evaluation(out_dir: Path, evaluation: Evaluation, model: ModelInfo, dataset: str) -> str:
+    """Write evaluation.json, pr_curve.png and report.md into `out_dir`; returns the report's table row."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation_document(evaluation, model), indent=1))
+    write_png(render_pr_curve(evaluation, f"{model.name} on {dataset}"), out_dir / "pr_curve.png")
+    row = table_row(
+        dataset,
+        training_images(model.extra),
+        evaluation,
+        f"{model.name} v{model.version}",
+        f"{model.extra.get('train_seconds', '?')} s",
+    )
+    (out_dir / "report.md").write_text(f"{TABLE_HEADER}\n{row}\n")
+    return row
