@@ -30,7 +30,8 @@ from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_point
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
 from services.detector.classifier import NO_CLASSIFIER, TwoStageDetector
-from services.detector.detector import DEFAULT_CLASSIFIER_NAME, Detector, open_detector
+from services.detector.detector import Detector, open_detector
+from services.detector.model import DEFAULT_CLASSIFIER_NAME
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from training.evaluate_tissue import atypical_balanced_accuracy, calls_per_mm2, false_calls_on_lookalikes
 from training.mosaic import pack

@@ -117,14 +117,35 @@ def _centre(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(images[:, m : m + CROP_PX, m : m + CROP_PX])
 
 
-def predict(model: Any, images: npt.NDArray[np.uint8], batch: int = 512) -> npt.NDArray[np.float32]:
+def with_views(net: Any) -> Any:
+    """`net` answering probabilities averaged over four views of each crop (as it is, mirrored,
+    flipped, both): a figure has no orientation, and one view's noise should not decide a call.
+    The thresholds are chosen with, and the ONNX graph exported with, exactly this."""
     import torch
 
-    model.eval()
+    class FourViews(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:  # uint8 NHWC
+            n = images.shape[0]
+            views = torch.cat([images, images.flip(2), images.flip(1), images.flip(1).flip(2)])  # one batch
+            logits = self.inner(views).reshape(4, n, -1).mean(dim=0)
+            return torch.sigmoid(logits)
+
+    return FourViews(net).eval()
+
+
+def predict(model: Any, images: npt.NDArray[np.uint8], batch: int = 512) -> npt.NDArray[np.float32]:
+    """Probabilities (n, 2) for the centre crops, as the exported model answers them."""
+    import torch
+
+    served = with_views(model)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out.append(torch.sigmoid(model(torch.from_numpy(_centre(images[i : i + batch])))).numpy())
+            out.append(served(torch.from_numpy(_centre(images[i : i + batch]))).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -200,7 +221,7 @@ def train(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         scheduler.step()
         probs = predict(model, data["images"][val_idx])
         score = _validation_score(probs, data["is_mitosis"][val_idx], data["atypical"][val_idx])
@@ -296,19 +317,10 @@ def export_onnx(model: Any, path: Path, metadata: dict[str, str]) -> None:
     import onnx
     import torch
 
-    class WithSigmoid(torch.nn.Module):
-        def __init__(self, net: Any) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.net(images))
-
-    model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.onnx")
     torch.onnx.export(
-        WithSigmoid(model),
+        with_views(model),
         (torch.zeros((1, CROP_PX, CROP_PX, 3), dtype=torch.uint8),),
         str(partial),
         input_names=["images"],

@@ -30,9 +30,9 @@ from services.common.web import (
 )
 from services.detector.backends import triton_problems
 from services.detector.classifier import NO_CLASSIFIER
-from services.detector.detector import DEFAULT_CLASSIFIER_NAME, Detector, open_detector
+from services.detector.detector import Detector, open_detector
 from services.detector.errors import InferenceServerError, InferenceTimeoutError, ModelError, UnknownModelError
-from services.detector.model import DEFAULT_MODEL_NAME
+from services.detector.model import DEFAULT_CLASSIFIER_NAME, DEFAULT_MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -102,7 +102,7 @@ class CropClassifier:
             if abs(factor - 1) > 1e-3:
                 size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
-            centre = np.array([[image.shape[1] / 2, image.shape[0] / 2]], np.float32)
+            centre = np.array([[image.shape[1] / 2, image.shape[0] / 2]], dtype=np.float32)
             crops.append(crops_around(np.ascontiguousarray(image), centre, self.crop_px)[0])
         return self.classify(np.stack(crops)) if crops else np.zeros((0, 2), np.float32)
 
@@ -152,7 +152,7 @@ class TwoStageDetector:
         crops = []
         for tile, found in zip(tiles, candidates, strict=True):
             if len(found):
-                centres = (found.boxes_px[:, :2] + found.boxes_px[:, 2:]) / 2
+                centres = ((found.boxes_px[:, :2] + found.boxes_px[:, 2:]) / 2).astype(np.float32)
                 crops.append(crops_around(tile, centres, self.classifier.crop_px))
         probabilities = self.classifier.classify(np.concatenate(crops)) if crops else np.zeros((0, 2), np.float32)
         out, start = [], 0

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from services.detector.backends import DetectorBackend, OnnxRuntimeBackend, TritonBackend
 from services.detector.classifier import with_classifier
-from services.detector.model import ModelInfo, resolve_model_path
+from services.detector.model import DEFAULT_CLASSIFIER_NAME, ModelInfo, resolve_model_path
 from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode
 
 DEFAULT_WBF_IOU = 0.55  # above the NMS IoU (0.45), so boxes one model kept apart stay apart
@@ -173,7 +173,6 @@ class EnsembleDetector:
 
 
 ENSEMBLE_NAME = "ensemble"
-DEFAULT_CLASSIFIER_NAME = "mitosis_classifier"  # the second stage; "none" turns it off
 ENSEMBLE_MEMBERS = ("yolov5n_mitosis", "faster_rcnn_mitosis")
 
 

@@ -27,6 +27,7 @@ CLASSIFIER_OUTPUT_FORMAT = "mitosis_atypical_probabilities"  # the second stage:
 SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores", "xyxy_score_class", CLASSIFIER_OUTPUT_FORMAT)
 MAX_BOXES_PER_TILE = 100  # per-image models' boxes are padded to this many rows per tile
 DEFAULT_MODEL_NAME = "yolov5n_mitosis"
+DEFAULT_CLASSIFIER_NAME = "mitosis_classifier"  # the second stage; "none" turns it off
 FALLBACK_SCORE_THRESHOLD = 0.25  # for models exported without a validated threshold
 
 

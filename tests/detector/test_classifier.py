@@ -18,8 +18,9 @@ from mitoscope.synth import truth_path_for
 from services.aggregator.merge import ATYPICAL_CLASS, MITOSIS_CLASS
 from services.detector.backends import OnnxRuntimeBackend, TritonBackend
 from services.detector.classifier import CropClassifier, TwoStageDetector, crops_around
-from services.detector.detector import DEFAULT_CLASSIFIER_NAME, ModelDetector, open_detector
+from services.detector.detector import ModelDetector, open_detector
 from services.detector.errors import ModelError
+from services.detector.model import DEFAULT_CLASSIFIER_NAME
 from services.detector.triton_server import TritonServer
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT
 
@@ -157,3 +158,22 @@ def test_triton_classifies_like_onnxruntime(triton_server: TritonServer) -> None
     finally:
         local.close()
         remote.close()
+
+
+def test_a_dicom_folder_is_scored_with_both_stages(tmp_path: Path) -> None:
+    from mitoscope.synth import SynthParams, synthesize
+    from tests.tiler.test_qc import _write_dicom_series
+
+    image = synthesize(SynthParams(width_px=2048, height_px=2048, seed=77, tissue_fraction=0.8, mitoses_per_mm2=40.0))
+    _write_dicom_series(tmp_path / "case-dicom", image.rgb, "YBR_FULL_422")
+    proc = _cli("score", str(tmp_path / "case-dicom"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["slide"]["reader"] == "openslide" and result["slide"]["vendor"] == "dicom"
+    assert result["qc"]["verdict"] == "ok"
+    counts = match_points(
+        ((d["x_px"], d["y_px"], d["mitosis_probability"]) for d in result["detections"]),
+        ((m.x_px, m.y_px) for m in image.mitoses),
+        MIDOG_MATCH_RADIUS_UM / 0.25,
+    )
+    assert len(image.mitoses) >= 5 and counts.recall >= 0.7, counts

@@ -10,9 +10,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.detector.backends import OnnxRuntimeBackend, TritonBackend
-from services.detector.detector import DEFAULT_CLASSIFIER_NAME
 from services.detector.errors import ModelError, UnknownModelError
-from services.detector.model import DEFAULT_MODEL_NAME, ModelInfo, resolve_model_path
+from services.detector.model import DEFAULT_CLASSIFIER_NAME, DEFAULT_MODEL_NAME, ModelInfo, resolve_model_path
 from services.detector.postprocess import decode_yolo, nms
 from services.detector.triton_repository import VARIANTS, config_paths, model_config
 from services.detector.triton_server import TritonServer
