@@ -14,23 +14,25 @@ and telemetry is always off. Usage::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
-HOST = "127.0.0.1"
+from services.common.process import LOOPBACK, ManagedProcess, free_ports
+
+log = logging.getLogger(__name__)
+
 ACCESS_KEY = "mitoscope-test"
 SECRET_KEY = "mitoscope-test-secret"  # a throwaway key for a loopback-only server
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
+STOP_GRACE_S = 15.0
+READY_CONNECT_TIMEOUT_S = 1.0
+READY_READ_TIMEOUT_S = 3.0
 
 # Every TCP listener of `weed mini`; each gets an explicit free port (the gRPC ones would otherwise
 # default to http port + 10000). The admin server still starts with -admin.ui=false, so it gets
@@ -67,20 +69,6 @@ def find_weed() -> Path:
     )
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free TCP ports on 127.0.0.1 (all held open until every one is chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class SeaweedS3:
     """Context manager running `weed mini` with one admin S3 identity; see the module docstring."""
 
@@ -93,7 +81,7 @@ class SeaweedS3:
         self.endpoint = ""  # host:port of the S3 gateway, set on start
         self.log_path = self.tmp_dir / "weed.log"
         self.command: list[str] = []
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
         self._socket_dir: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -135,14 +123,14 @@ class SeaweedS3:
 
         if not self.ports:  # a restart keeps its ports, so clients keep their endpoint
             self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
-        self.endpoint = f"{HOST}:{self.ports['s3.port']}"
+        self.endpoint = f"{LOOPBACK}:{self.ports['s3.port']}"
         self.command = [
             str(find_weed()),
             f"-logdir={log_dir}",
             "mini",
             f"-dir={data_dir}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
             "-master.telemetry=false",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
             "-admin.ui=false",
@@ -153,78 +141,58 @@ class SeaweedS3:
             f"-s3.localSocket={socket_dir / 's3.sock'}",
             f"-s3.config={config_path}",
         ]
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                self.command,
-                cwd=self.tmp_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group
-            )
+        self._process = ManagedProcess(
+            self.command,
+            self.log_path,
+            name="weed",
+            cwd=self.tmp_dir,
+            ready=self._ready,
+            ready_timeout_s=self.start_timeout_s,
+            stop_grace_s=STOP_GRACE_S,
+        )
         try:
-            self._wait_ready()
+            self._process.start()
         except BaseException:
-            self.stop()
+            self._clean_up()
             raise
 
-    def _wait_ready(self) -> None:
-        """Until an authenticated ListBuckets succeeds (so the identity is loaded too)."""
+    def _ready(self) -> bool:
+        """An authenticated ListBuckets succeeds (so the identity is loaded too)."""
         import urllib3
         from minio import Minio
 
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1.0, read=3.0), retries=False)
+        timeout = urllib3.Timeout(connect=READY_CONNECT_TIMEOUT_S, read=READY_READ_TIMEOUT_S)
+        http = urllib3.PoolManager(timeout=timeout, retries=False)
         client = Minio(
             self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, http_client=http
         )
-        deadline = time.monotonic() + self.start_timeout_s
-        last_error: Exception | None = None
-        assert self._proc is not None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"weed exited with status {self._proc.returncode} before S3 answered on "
-                    f"{self.endpoint}; see {self.log_path}\n{self._log_tail()}"
-                )
-            try:
-                client.list_buckets()
-                return
-            except Exception as e:  # not up yet: connection refused, 503, IAM not loaded...
-                last_error = e
-            time.sleep(0.25)
-        raise TimeoutError(
-            f"SeaweedFS S3 did not answer on {self.endpoint} within {self.start_timeout_s:.0f} s "
-            f"(last error: {last_error!r}); see {self.log_path}\n{self._log_tail()}"
-        )
-
-    def _log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+            client.list_buckets()
+        except Exception as e:  # not up yet: connection refused, 503, IAM not loaded...
+            log.debug("S3 on %s not ready yet: %r", self.endpoint, e)
+            return False
+        finally:
+            http.clear()
+        return True
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        if proc is not None:
-            remove_grpc_sockets(self.ports)
+        if self._process is not None:
+            self._process.stop()
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        remove_grpc_sockets(self.ports)
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._process.pid if self._process is not None else None
 
     def poll(self) -> int | None:
         """None while weed runs; its exit code (0 when never started) otherwise."""
-        return self._proc.poll() if self._proc is not None else 0
+        return self._process.poll() if self._process is not None else 0
 
     @property
     def temp_socket_dir(self) -> Path | None:
@@ -241,10 +209,3 @@ def remove_grpc_sockets(ports: dict[str, int]) -> None:
             path = Path(f"/tmp/seaweedfs-{component}-grpc-{port}.sock")
             if path.is_socket():
                 path.unlink(missing_ok=True)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

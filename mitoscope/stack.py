@@ -18,22 +18,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from mitoscope.s3server import SeaweedS3, remove_grpc_sockets
 from services.common import objectstore
 from services.common.objectstore import S3Config
-from services.detector.triton_server import TritonServer, free_port
+from services.common.process import LOOPBACK, ManagedProcess, free_port, kill_group
+from services.detector.triton_server import TritonServer
 from services.gateway.orchestrate import ServiceUrls
 
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
+SERVICE_READY_TIMEOUT_S = 60.0
+SERVICE_STOP_GRACE_S = 10.0
+LIVE_PROBE_TIMEOUT_S = 1.0
 UP_TIMEOUT_S = 240.0  # SeaweedFS, Triton and five services, one after the other
 SUPERVISOR_STOP_TIMEOUT_S = 60.0
 SUPERVISE_POLL_S = 1.0
@@ -46,66 +48,40 @@ log = logging.getLogger(__name__)
 WATCH_FOLDER = "inbox"  # under the slide root, or the S3 bucket with --s3
 
 
-def start_service(
+def service_process(
     name: str, env: dict[str, str], log_dir: Path, port: int | None = None
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Run `services.<name>.app:create_app` under uvicorn on 127.0.0.1; returns it once live."""
+) -> tuple[ManagedProcess, str]:
+    """`services.<name>.app:create_app` under uvicorn on 127.0.0.1 (not started yet; ready once
+    /health/live answers), logging to `<log_dir>/<name>.log`; and its base URL."""
     port = port or free_port()
-    log = (log_dir / f"{name}.log").open("ab")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"services.{name}.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}; see {log_dir / f'{name}.log'}")
+    url = f"http://{LOOPBACK}:{port}"
+
+    def live() -> bool:
         try:
-            if httpx.get(f"{url}/health/live", timeout=1.0).status_code == 200:
-                return process, url
+            return httpx.get(f"{url}/health/live", timeout=LIVE_PROBE_TIMEOUT_S).status_code == 200
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process(process)
-            raise TimeoutError(f"{name} did not start within {START_TIMEOUT_S} s; see {log_dir / f'{name}.log'}")
-        time.sleep(0.2)
+            return False
 
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
+    command = [sys.executable, "-m", "uvicorn", f"services.{name}.app:create_app", "--factory"]
+    command += ["--host", LOOPBACK, "--port", str(port), "--log-level", "warning"]
+    process = ManagedProcess(
+        command,
+        log_dir / f"{name}.log",
+        name=name,
+        env={**os.environ, **env},
+        ready=live,
+        ready_timeout_s=SERVICE_READY_TIMEOUT_S,
+        stop_grace_s=SERVICE_STOP_GRACE_S,
+    )
+    return process, url
 
 
 @contextmanager
 def service(name: str, env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """A service for the duration of a `with` block; yields its base URL."""
-    process, url = start_service(name, env, log_dir)
-    try:
+    process, url = service_process(name, env, log_dir)
+    with process:
         yield url
-    finally:
-        stop_process(process)
 
 
 def pipeline_services(exits: ExitStack, slide_root: Path, work_dir: Path, detector_env: dict[str, str]) -> ServiceUrls:
@@ -119,17 +95,31 @@ def pipeline_services(exits: ExitStack, slide_root: Path, work_dir: Path, detect
     )
 
 
+class Supervised(Protocol):
+    """What the supervisor needs of a child; `ManagedProcess`, `TritonServer` and `SeaweedS3` fit."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None: ...
+
+    def poll(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Child:
-    """One supervised process: how to start, check and stop it."""
+    """One supervised process and what became of it."""
 
     name: str
-    start: Callable[[], int]  # starts (or restarts) it; returns its pid
-    poll: Callable[[], int | None]  # None while it runs
-    stop: Callable[[], None]
-    pid: int = 0
+    process: Supervised
     restarts: int = 0
     failed: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
 
 
 class Supervisor:
@@ -169,11 +159,11 @@ class Supervisor:
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.state_path)
 
-    def _add(self, child: Child) -> None:
+    def _add(self, name: str, process: Supervised) -> None:
         if self._stopping:  # told to stop while starting: start nothing more
             raise _Stopping
-        child.pid = child.start()
-        self.children.append(child)
+        process.start()
+        self.children.append(Child(name, process))
         self._write_state(ready=False)  # recorded at once, so `down` can stop a stack still starting
 
     def start(self) -> None:
@@ -194,7 +184,7 @@ class Supervisor:
         }
         if self.s3:
             server = self.s3_server = SeaweedS3(self.state_dir / "s3")
-            self._add(Child("s3", _returning_pid(server.start, lambda: server.pid), server.poll, server.stop))
+            self._add("s3", server)
             config = S3Config(server.endpoint, server.access_key, server.secret_key)
             objectstore.make_bucket(S3_BUCKET, config)
             self.urls["s3"] = f"http://{server.endpoint}"
@@ -209,28 +199,14 @@ class Supervisor:
             self.repo_root / ".cache" / "triton",
             log_path=self.state_dir / "triton.log",
         )
-        self._add(Child("triton", _returning_pid(triton.start, lambda: triton.pid), triton.poll, triton.stop))
+        self._add("triton", triton)
         self.urls["triton_grpc"] = env["DETECTOR_TRITON_URL"] = triton.grpc_url
         for name in SERVICES:
             if name == "gateway":
                 env |= {f"GATEWAY_{n.upper()}_URL": self.urls[n] for n in SERVICES if n != "gateway"}
-            port = free_port()
-            self._add(self._service_child(name, dict(env), port))
-            self.urls[name] = f"http://127.0.0.1:{port}"
-
-    def _service_child(self, name: str, env: dict[str, str], port: int) -> Child:
-        holder: dict[str, subprocess.Popen[bytes]] = {}
-
-        def start() -> int:
-            holder["process"], _ = start_service(name, env, self.state_dir, port)
-            return holder["process"].pid
-
-        return Child(
-            name,
-            start,
-            poll=lambda: holder["process"].poll(),
-            stop=lambda: stop_process(holder["process"]),
-        )
+            process, url = service_process(name, dict(env), self.state_dir)
+            self._add(name, process)
+            self.urls[name] = url
 
     def run(self) -> None:
         """Start everything, then watch over it until told to stop."""
@@ -258,7 +234,7 @@ class Supervisor:
 
     def _revive(self, child: Child) -> bool:
         """Restart `child` if it exited; True when something changed."""
-        if child.failed or self._stopping or child.poll() is None:
+        if child.failed or self._stopping or child.process.poll() is None:
             return False
         if child.restarts >= MAX_RESTARTS:
             log.error("%s exited again after %d restarts; giving up on it", child.name, child.restarts)
@@ -267,8 +243,8 @@ class Supervisor:
         child.restarts += 1
         log.warning("%s exited; restarting it (restart %d of %d)", child.name, child.restarts, MAX_RESTARTS)
         try:
-            child.stop()  # reap it and close its log
-            child.pid = child.start()
+            child.process.stop()  # reap it
+            child.process.start()  # same command, same port
         except Exception:
             log.exception("restarting %s failed", child.name)
         return True
@@ -276,7 +252,7 @@ class Supervisor:
     def shutdown(self) -> None:
         for child in reversed(self.children):
             try:
-                child.stop()
+                child.process.stop()
             except Exception:
                 log.exception("stopping %s", child.name)
         if self.s3_server is not None:
@@ -290,14 +266,6 @@ class Supervisor:
 
 class _Stopping(Exception):
     """SIGTERM arrived while the stack was starting."""
-
-
-def _returning_pid(start: Callable[[], None], pid: Callable[[], int | None]) -> Callable[[], int]:
-    def run() -> int:
-        start()
-        return pid() or 0
-
-    return run
 
 
 @dataclass
@@ -367,7 +335,7 @@ class Stack:
         except BaseException:  # timed out, failed, or interrupted: stop what was started
             self.down()
             if supervisor.poll() is None:
-                _stop_group(supervisor.pid)
+                kill_group(supervisor.pid)
             supervisor.wait()
             raise
         urls: dict[str, str] = state["urls"]
@@ -387,10 +355,10 @@ class Stack:
             while _alive(supervisor) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _alive(supervisor):  # it did not finish in time
-                _stop_group(supervisor)
+                kill_group(supervisor)
         for name, pid in state["pids"].items():  # a supervisor that was killed leaves its children behind
             if _alive(pid, starts.get(name)):
-                _stop_group(pid)
+                kill_group(pid)
         remove_grpc_sockets(state.get("s3_ports", {}))
         if state.get("s3_socket_dir"):
             shutil.rmtree(state["s3_socket_dir"], ignore_errors=True)
@@ -421,13 +389,6 @@ def _alive(pid: int, start: str | None = None) -> bool:
     """`pid` runs (not a zombie) and, when `start` is given, is the process that started then."""
     fields = _proc_stat(pid)
     return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
-
-
-def _stop_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:

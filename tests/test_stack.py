@@ -23,9 +23,9 @@ from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.stack import S3_BUCKET, WATCH_FOLDER, Stack, StackError
 from services.common import objectstore
 from services.common.objectstore import S3Config
-from services.detector.backends import OnnxRuntimeBackend
-from services.detector.detector import ModelDetector
-from tests.conftest import MODEL_PATH, REPO_ROOT, TRITON_VENV
+from services.detector.detector import open_detector
+from services.detector.model import DEFAULT_MODEL_NAME
+from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, TRITON_VENV
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,8 @@ def _wait_for(read: Callable[[], dict[str, Any] | None], timeout_s: float = 240)
 
 @pytest.fixture(scope="module")
 def local_result(e2e_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH))
+    # The same two stages as the stack's detector service: the default model and its classifier.
+    detector = open_detector(DEFAULT_MODEL_NAME, "onnxruntime", MODEL_REPOSITORY, "")
     result = score_slide(e2e_slide, tmp_path_factory.mktemp("local"), detector, ScoreOptions(batch_size=16))
     detector.close()
     return result

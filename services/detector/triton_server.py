@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from services.common.process import ManagedProcess, ProcessStartError, free_port
+
 log = logging.getLogger(__name__)
 
 DEFAULT_START_TIMEOUT_S = 90.0
-DEFAULT_STOP_TIMEOUT_S = 15.0
+DEFAULT_STOP_GRACE_S = 15.0
+READY_PROBE_TIMEOUT_S = 2.0
 
 
 class TritonServerError(RuntimeError):
@@ -66,12 +66,6 @@ class TritonInstall:
         return target
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TritonServer:
     """A tritonserver process on loopback; use as a context manager."""
 
@@ -92,7 +86,7 @@ class TritonServer:
         self.http_port = http_port or free_port()
         self.log_path = log_path or cache_dir / "tritonserver.log"
         self.start_timeout_s = start_timeout_s
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
 
     @property
     def pid(self) -> int | None:
@@ -131,47 +125,33 @@ class TritonServer:
             "--log-verbose=0",
         ]
         log.info("starting tritonserver on %s", self.grpc_url)
-        self._log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+        self._process = ManagedProcess(
+            command,
+            self.log_path,
+            name="tritonserver",
+            env=env,
+            ready=self._ready,
+            ready_timeout_s=self.start_timeout_s,
+            stop_grace_s=DEFAULT_STOP_GRACE_S,
         )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
-
-        client = grpcclient.InferenceServerClient(self.grpc_url)
-        deadline = time.monotonic() + self.start_timeout_s
         try:
-            while time.monotonic() < deadline:
-                assert self._process is not None
-                if self._process.poll() is not None:
-                    raise TritonServerError(
-                        f"tritonserver exited with code {self._process.returncode}; see {self.log_path}"
-                    )
-                try:
-                    if client.is_server_ready(client_timeout=2.0):
-                        return
-                except Exception:  # not listening yet: tritonclient raises several types
-                    pass
-                time.sleep(0.25)
-        finally:
-            client.close()
-        self.stop()
-        raise TritonServerError(f"tritonserver not ready after {self.start_timeout_s} s; see {self.log_path}")
+            self._process.start()
+        except ProcessStartError as e:
+            raise TritonServerError(str(e)) from e
+
+    def _ready(self) -> bool:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            try:
+                return bool(client.is_server_ready(client_timeout=READY_PROBE_TIMEOUT_S))
+            except InferenceServerException:  # not listening yet
+                return False
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(DEFAULT_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(DEFAULT_STOP_TIMEOUT_S)
-        self._process = None
-        self._log_file.close()
+        if self._process is not None:
+            self._process.stop()
 
     def __enter__(self) -> TritonServer:
         self.start()
