@@ -23,9 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from mitoscope.pipeline import REPO_ROOT, ScoreOptions, score_slide
+from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.stack import pipeline_services
 from mitoscope.synth import SynthParams, make_slide
+from services.common.files import REPO_ROOT
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME

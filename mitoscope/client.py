@@ -35,7 +35,6 @@ The statuses counted as transient are the ones the gateway's own callers retry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,10 +43,12 @@ from typing import Any
 
 import httpx
 
+from services.common.errors import RETRYABLE_HTTP_STATUSES, PermanentError, TransientError
+from services.common.files import file_sha256
+
 TIMEOUT_S = 60.0
 UPLOAD_TIMEOUT_S = 600.0
 DOWNLOAD_TIMEOUT_S = 300.0
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 SUCCEEDED = "succeeded"
 EXPORTS = {  # file name: the job's route
     "result.json": "result",
@@ -68,7 +69,7 @@ class GatewayError(RuntimeError):
         self.error_code = error_code
 
 
-class GatewayUnavailableError(GatewayError):
+class GatewayUnavailableError(GatewayError, TransientError):
     """Transient: the gateway cannot serve the call now; the same call may succeed later."""
 
 
@@ -94,7 +95,7 @@ class GatewayBusyError(GatewayUnavailableError):
         self.retry_after_s = retry_after_s
 
 
-class GatewayRefusedError(GatewayError):
+class GatewayRefusedError(GatewayError, PermanentError):
     """HTTP 4xx: the gateway refused the request as sent; sending it again will not help."""
 
 
@@ -124,14 +125,6 @@ class JobFailedError(GatewayError):
         self.job = job
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @contextmanager
 def _translated(what: str, base_url: str) -> Iterator[None]:
     """httpx's exceptions raised inside as this module's, with the httpx one as the cause."""
@@ -158,7 +151,7 @@ def _status_error(what: str, response: httpx.Response) -> GatewayError:
     except (ValueError, KeyError, TypeError):  # not the gateway's {"error", "message"} (e.g. FastAPI's 422)
         code, message = None, response.text.strip() or response.reason_phrase
     text = f"{what}: HTTP {status}: {code}: {message}" if code else f"{what}: HTTP {status}: {message}"
-    if status in RETRYABLE_STATUSES:
+    if status in RETRYABLE_HTTP_STATUSES:
         return GatewayBusyError(text, status, code, _retry_after_s(response))
     if status == 404:
         return GatewayNotFoundError(text, status, code)
@@ -217,7 +210,7 @@ class GatewayClient:
                 "POST",
                 "/v1/slides",
                 files={"file": (path.name, f, "application/octet-stream")},
-                headers={"x-content-sha256": _sha256(path)},
+                headers={"x-content-sha256": file_sha256(path)},
                 timeout=UPLOAD_TIMEOUT_S,
             )
         return _document("POST /v1/slides", response.content)

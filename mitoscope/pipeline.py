@@ -26,6 +26,7 @@ from services.aggregator import exports
 from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM, thresholds_for
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
 from services.aggregator.result import result_document, summarise
+from services.common.files import REPO_ROOT
 from services.detector.detector import Detector
 from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
@@ -38,11 +39,9 @@ from services.tiler.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STATS_SAMPLE_TILES = 32
 GALLERY_CROP_PX = 160
 GALLERY_MAX_CROPS = 48
-OUTPUT_FILES = ("result.json", "result.geojson", "result.csv", "overview.png")
 
 
 @dataclass(frozen=True)

@@ -331,7 +331,7 @@ def synthesize(params: SynthParams) -> SynthImage:
         mitoses.append(
             PlantedFigure(
                 kind, round((bx[0] + bx[2]) / 2, 1), round((bx[1] + bx[3]) / 2, 1), tuple(round(v, 1) for v in bx)
-            )  # type: ignore[arg-type]
+            )
         )
 
     lookalikes: list[PlantedFigure] = []

@@ -12,11 +12,11 @@ import openslide
 import pytest
 
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from services.common.files import REPO_ROOT
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.triton_server import TritonServer
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 MODEL_PATH = MODEL_REPOSITORY / "yolov5n_mitosis" / "1" / "model.onnx"
 SHARED = Path(os.environ.get("MITOSCOPE_SHARED", REPO_ROOT.parent / "shared"))

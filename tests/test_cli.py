@@ -14,8 +14,8 @@ import typer
 
 from mitoscope.cli.console import EXIT_UNAVAILABLE
 from mitoscope.cli.demo import score_over_rest
+from services.common.files import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("score", "classify", "synth", "demo", "up", "down", "watch", "evaluate", "dataset", "export", "train")
 CLI_TIMEOUT_S = 60
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from services.common.messages import (
-    MessageError,
     batch_from_message,
     batch_to_message,
     detections_from_message,
@@ -15,6 +14,7 @@ from services.common.messages import (
     stats_to_message,
 )
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.wire import MessageError
 from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats
 from services.tiler.grid import Tile

@@ -35,7 +35,6 @@ _LABEL_ALIASES = {
     "non_mitosis": "imposter",
     "non-mitosis": "imposter",
 }
-PLATFORM_FORMAT = "mitoscope-platform/1"
 
 
 class AnnotationError(ValueError):

@@ -29,6 +29,7 @@ from pathlib import Path
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
 from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from services.common.files import REPO_ROOT
 from services.detector.classifier import NO_CLASSIFIER, TwoStageDetector
 from services.detector.detector import Detector, open_detector
 from services.detector.model import DEFAULT_CLASSIFIER_NAME
@@ -37,7 +38,6 @@ from training.evaluate_tissue import atypical_balanced_accuracy, calls_per_mm2, 
 from training.mosaic import pack
 from training.yolo_dataset import CROP_PX, load_rgb, read_amibr, split_slides
 
-REPO = Path(__file__).resolve().parents[1]
 EVAL_SEEDS = (900_001, 900_002, 900_003)  # never used by training (training uses 10_000 + ...)
 MPP_UM_PER_PX = 0.25
 TILE_PX = 512
@@ -162,19 +162,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="yolov5n_mitosis", help="model name, 'ensemble', or an .onnx path")
     parser.add_argument("--classifier", default=DEFAULT_CLASSIFIER_NAME, help="second stage; 'none' to skip it")
     parser.add_argument(
-        "--shared", type=Path, default=REPO.parent / "shared", help="data and slides; parts skipped when absent"
+        "--shared", type=Path, default=REPO_ROOT.parent / "shared", help="data and slides; parts skipped when absent"
     )
     parser.add_argument("--synthetic-size", type=int, default=8192, help="side of each synthetic slide in px")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/evaluation-<model>.json")
     args = parser.parse_args(argv)
-    out = args.out or REPO / "runs" / f"evaluation-{Path(args.model).stem}.json"
+    out = args.out or REPO_ROOT / "runs" / f"evaluation-{Path(args.model).stem}.json"
 
     configurations = {"detector alone": NO_CLASSIFIER}
     if args.classifier != NO_CLASSIFIER:
         configurations["with the second stage"] = args.classifier
     reports: dict[str, dict[str, object]] = {}
     for label, classifier in configurations.items():
-        detector = open_detector(args.model, "onnxruntime", REPO / "model_repository", "", classifier=classifier)
+        detector = open_detector(args.model, "onnxruntime", REPO_ROOT / "model_repository", "", classifier=classifier)
         try:
             reports[label] = evaluate(detector, args.shared, args.synthetic_size)
         finally:

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from services.detector.triton_repository import main as generate_configs
     from training import onnx_export
+    from training.dataset_hash import dataset_sha256
     from training.threshold import choose_threshold
-    from training.train_yolo import dataset_sha256
 
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     onnx_path = args.install / args.version / "model.onnx"

@@ -130,7 +130,7 @@ def export_frcnn(
     """Export a `training.train_frcnn` checkpoint: uint8 [1, H, W, 3] in, [n, 6] boxes out."""
     import torch
 
-    from training.train_frcnn import build_model
+    from training.frcnn_model import build_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     detector = build_model(state["backbone"])

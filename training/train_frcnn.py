@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.files import REPO_ROOT
+from training.frcnn_model import TILE_PX, build_model
 from training.mosaic import pack, split
 
 PROG = "mitoscope train frcnn"  # as invoked through the mitoscope CLI
-REPO = Path(__file__).resolve().parents[1]
-TILE_PX = 512
 CELL_PX = 256
 
 
@@ -59,7 +59,7 @@ def mosaics(items: list[tuple[Path, np.ndarray]], seed: int, epoch: int) -> list
     return [order[i : i + 4] for i in range(0, len(order), 4)]
 
 
-def validation_f1(model, items: list[tuple[Path, np.ndarray]], device) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def validation_f1(model, items: list[tuple[Path, np.ndarray]], device) -> tuple[float, float]:
     """Best F1 over score thresholds on the validation tiles (MIDOG matching), and that threshold."""
     import cv2
     import torch
@@ -84,30 +84,12 @@ def validation_f1(model, items: list[tuple[Path, np.ndarray]], device) -> tuple[
     return counts.f1, threshold
 
 
-def build_model(backbone: str, num_classes: int = 2):  # type: ignore[no-untyped-def]
-    import torch
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-
-    fpn = resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=torch.nn.BatchNorm2d, trainable_layers=5)
-    # Inputs arrive Reinhard-normalised in 0..1; pin the transform to 512 px so nothing is resized.
-    return FasterRCNN(
-        fpn,
-        num_classes=num_classes,
-        min_size=TILE_PX,
-        max_size=TILE_PX,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.25, 0.25, 0.25],
-        box_detections_per_img=100,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", type=Path, default=REPO / "runs" / "yolo" / "dataset")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "frcnn")
+    parser.add_argument("--dataset", type=Path, default=REPO_ROOT / "runs" / "yolo" / "dataset")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "frcnn")
     parser.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2, help="512 px images per step (each holds four tiles)")
@@ -188,10 +170,10 @@ def main(argv: list[str] | None = None) -> None:
             loss_dict = model([b[0] for b in batch], [b[1] for b in batch])
             loss = sum(loss_dict.values())
             optimiser.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             optimiser.step()
-            losses.append(float(loss.detach()))  # type: ignore[union-attr]
+            losses.append(float(loss.detach()))
         scheduler.step()
         if rank == 0:
             inner = model.module if distributed else model
@@ -222,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         dist.destroy_process_group()
     if rank == 0 and args.install is not None:
+        from training.dataset_hash import dataset_sha256
         from training.onnx_export import export_frcnn
-        from training.train_yolo import dataset_sha256
 
         manifest = json.loads((args.dataset / "manifest.json").read_text())
         records = [json.loads(line) for line in metrics_lines(args.out)]

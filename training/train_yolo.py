@@ -11,38 +11,29 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
+from services.common.files import REPO_ROOT
+
 PROG = "mitoscope train yolo"  # as invoked through the mitoscope CLI
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _offline_ultralytics() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".cache" / "ultralytics"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / ".cache" / "ultralytics"))
     from ultralytics import settings
 
     off = ("sync", "clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "vscode_msg", "openvino_msg")
     settings.update({key: False for key in off if key in settings})
     settings.update(
         {
-            "weights_dir": str(REPO / ".cache" / "ultralytics" / "weights"),
-            "datasets_dir": str(REPO / ".cache" / "ultralytics" / "datasets"),
+            "weights_dir": str(REPO_ROOT / ".cache" / "ultralytics" / "weights"),
+            "datasets_dir": str(REPO_ROOT / ".cache" / "ultralytics" / "datasets"),
         }
     )
-
-
-def dataset_sha256(dataset_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted((dataset_dir / "labels").rglob("*.txt")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    digest.update((dataset_dir / "target_lab.json").read_bytes())
-    return digest.hexdigest()
 
 
 def _finished_epochs(results_csv: Path) -> int:
@@ -63,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--amibr", type=Path, default=None, help="AMi-Br folder (real mitosis crops)")
     parser.add_argument("--synth-images", type=int, default=20, help="synthetic 2048 px images")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "yolo")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "yolo")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -71,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--install",
         type=Path,
-        default=REPO / "model_repository" / "yolov5n_mitosis",
+        default=REPO_ROOT / "model_repository" / "yolov5n_mitosis",
         help="model folder to install the exported ONNX into",
     )
     args = parser.parse_args(argv)
@@ -81,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from ultralytics import YOLO
 
     from training import onnx_export
+    from training.dataset_hash import dataset_sha256
     from training.threshold import choose_threshold
     from training.yolo_dataset import build
 

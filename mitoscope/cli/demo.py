@@ -26,9 +26,9 @@ def demo(
     each slide to the gateway, follows the job's progress, downloads the exports and stops the
     stack. Scores in-process with ONNX Runtime, saying so, when the stack cannot start.
     """
-    from mitoscope.pipeline import REPO_ROOT
     from mitoscope.stack import Stack, StackError
     from mitoscope.synth import SynthParams, make_slide, truth_path_for
+    from services.common.files import REPO_ROOT
 
     slide = out / "synthetic.svs"
     if not truth_path_for(slide).exists():

@@ -15,7 +15,7 @@ class BackendChoice(StrEnum):
 
 
 def model_repository() -> Path:
-    from mitoscope.pipeline import REPO_ROOT
+    from services.common.files import REPO_ROOT
 
     return Path(os.environ.get("MITOSCOPE_MODEL_REPOSITORY", REPO_ROOT / "model_repository"))
 

@@ -61,11 +61,8 @@ def score(
     Writes result.json, result.geojson (QuPath), result.csv and overview.png.
     """
     from mitoscope.pipeline import ScoreOptions
-    from services.aggregator.errors import AggregatorError
+    from services.common.errors import PermanentError, TransientError
     from services.detector.detector import open_detector
-    from services.detector.errors import DetectorError, InferenceServerError
-    from services.preprocess.errors import PreprocessError
-    from services.tiler.errors import StorageUnavailableError, TilerError
     from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
 
     options = ScoreOptions(
@@ -82,9 +79,9 @@ def score(
         out_dir = out or (Path(f"{name}.mitoscope") if is_s3_uri(slide) else local.with_name(f"{name}.mitoscope"))
         detector = open_detector(model, backend.value, model_repository(), triton_url, threads, classifier)
         result = score_with_progress(local, out_dir, detector, options, name)
-    except (StorageUnavailableError, InferenceServerError) as e:
+    except TransientError as e:  # the object store or the inference server: try again later
         raise fail(str(e), EXIT_UNAVAILABLE) from None
-    except (TilerError, DetectorError, PreprocessError, AggregatorError) as e:
+    except PermanentError as e:  # the slide, the model or a parameter
         raise fail(str(e), EXIT_BAD_INPUT) from None
     finally:
         if detector is not None:

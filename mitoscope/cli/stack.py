@@ -21,8 +21,8 @@ def up(
     One supervisor process runs them all in the background and restarts any that exits;
     `mitoscope down` stops everything.
     """
-    from mitoscope.pipeline import REPO_ROOT
     from mitoscope.stack import Stack, StackError
+    from services.common.files import REPO_ROOT
 
     stack = Stack(REPO_ROOT, slides.resolve(), REPO_ROOT / ".cache" / "stack", s3=s3)
     try:
@@ -43,8 +43,8 @@ def up(
 
 def down() -> None:
     """Stop the local stack that `mitoscope up` started."""
-    from mitoscope.pipeline import REPO_ROOT
     from mitoscope.stack import Stack
+    from services.common.files import REPO_ROOT
 
     stopped = Stack(REPO_ROOT, Path("slides"), REPO_ROOT / ".cache" / "stack").down()
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

@@ -25,7 +25,7 @@ def _run_in_training_venv(module: str, args: list[str]) -> None:
     """Training needs torch, serving must not: run the recipe with the training venv's Python."""
     import subprocess
 
-    from mitoscope.pipeline import REPO_ROOT
+    from services.common.files import REPO_ROOT
 
     python = Path(os.environ.get("MITOSCOPE_TRAIN_VENV", REPO_ROOT / ".venv-train")) / "bin" / "python"
     if not python.exists():

@@ -26,7 +26,6 @@ from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detect
 from services.aggregator.result import result_document, summarise
 from services.common import objectstore
 from services.common.messages import (
-    MessageError,
     add_model_provenance,
     detections_from_message,
     plan_from_message,
@@ -41,6 +40,7 @@ from services.common.web import (
     read_message,
     service_app,
 )
+from services.common.wire import MessageError
 
 
 class Settings(BaseSettings):

@@ -7,14 +7,16 @@ AggregatorError
 
 from __future__ import annotations
 
+from services.common.errors import PermanentError
+
 
 class AggregatorError(Exception):
     """Base class of every aggregator error."""
 
 
-class GradingParameterError(AggregatorError):
+class GradingParameterError(AggregatorError, PermanentError):
     """A grading parameter (e.g. the microscope's field diameter) is not supported."""
 
 
-class ExportLocationError(AggregatorError):
+class ExportLocationError(AggregatorError, PermanentError):
     """The output location is outside the aggregator's output root or not a valid S3 prefix."""

@@ -13,16 +13,11 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.wire import MessageError
 from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats
 from services.tiler.grid import Tile, TilePlan
 from services.tiler.tissue import TissueMask
-
-PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
-
-
-class MessageError(ValueError):
-    """A message is malformed or inconsistent (a client error: HTTP 400)."""
 
 
 def batch_to_message(slide_id: str, tiles: tuple[Tile, ...], pixels: npt.NDArray[np.uint8]) -> pb.TileBatch:

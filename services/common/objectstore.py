@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from services.common.errors import PermanentError, TransientError
+
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 2
@@ -49,15 +51,15 @@ class ObjectStoreError(Exception):
     """Base class of object storage errors; messages name the location."""
 
 
-class NoSuchObjectError(ObjectStoreError):
+class NoSuchObjectError(ObjectStoreError, PermanentError):
     """No object (or bucket) at the location."""
 
 
-class ObjectStoreUnavailableError(ObjectStoreError):
+class ObjectStoreUnavailableError(ObjectStoreError, TransientError):
     """The object store did not answer, failed (5xx), or is not configured: worth retrying later."""
 
 
-class ObjectStoreRefusedError(ObjectStoreError):
+class ObjectStoreRefusedError(ObjectStoreError, PermanentError):
     """The object store answered and refused (access denied, bad keys, invalid name): not transient."""
 
 
@@ -96,13 +98,20 @@ class S3Config:
         )
 
     def env(self) -> dict[str, str]:
-        """The environment that makes `from_env` give this configuration (for child processes)."""
-        return {
+        """The environment that makes `from_env` give this configuration (for child processes):
+        `S3Config.from_env()` under `env()` equals the configuration, every field included."""
+        env = {
             "MITOSCOPE_S3_ENDPOINT": self.endpoint,
             "MITOSCOPE_S3_ACCESS_KEY": self.access_key,
             "MITOSCOPE_S3_SECRET_KEY": self.secret_key,
             "MITOSCOPE_S3_SECURE": str(self.secure).lower(),
+            "MITOSCOPE_S3_CONNECT_TIMEOUT_S": repr(self.connect_timeout_s),
+            "MITOSCOPE_S3_READ_TIMEOUT_S": repr(self.read_timeout_s),
+            "MITOSCOPE_S3_RETRIES": str(self.retries),
         }
+        if self.region:
+            env["MITOSCOPE_S3_REGION"] = self.region
+        return env
 
 
 @dataclass(frozen=True)

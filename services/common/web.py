@@ -1,7 +1,7 @@
 """The thin web layer every service shares: protobuf bodies, JSON errors, health and metrics.
 
 Errors are JSON `{"error": <machine-readable code>, "message": <what to do>}`; each service maps
-its own exception hierarchy to status codes once, with `add_error_handlers`.
+its own exception hierarchy to status codes once, with `service_app(errors=...)` (`add_error_handler`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from services.common.messages import PROTOBUF_CONTENT_TYPE, MessageError
+from services.common.wire import PROTOBUF_CONTENT_TYPE, MessageError
 
 M = TypeVar("M", bound=Message)
 DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024  # a 150-tile batch of 512 px tiles is 118 MB

@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.files import REPO_ROOT
 from services.common.messages import batch_from_message, detections_to_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
@@ -33,8 +34,6 @@ from services.detector.classifier import NO_CLASSIFIER
 from services.detector.detector import Detector, open_detector
 from services.detector.errors import InferenceServerError, InferenceTimeoutError, ModelError, UnknownModelError
 from services.detector.model import DEFAULT_CLASSIFIER_NAME, DEFAULT_MODEL_NAME
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Settings(BaseSettings):

@@ -15,13 +15,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from services.common.files import file_sha256
 from services.detector.errors import (
     InferenceServerError,
     InferenceTimeoutError,
     ModelError,
     UnknownModelError,
 )
-from services.detector.model import MAX_BOXES_PER_TILE, ModelInfo, file_sha256
+from services.detector.model import MAX_BOXES_PER_TILE, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class TritonBackend:
                 )
             config = self._client.get_model_config(model_name, as_json=True, client_timeout=connect_timeout_s)
         except InferenceServerException as e:
-            raise self._translate(e) from e
+            raise self._translate(e, connect_timeout_s) from e
         params = {k: v.get("string_value", "") for k, v in config["config"].get("parameters", {}).items()}
         self.info = ModelInfo.from_metadata(params, params.get("mitoscope.model_sha256", ""), f"triton:{model_name}")
         self.description = f"triton grpc ({url}, model {model_name})"
@@ -156,10 +157,11 @@ class TritonBackend:
         if not self._batched:
             self._sub_batch = 1
 
-    def _translate(self, error: Exception) -> InferenceServerError:
+    def _translate(self, error: Exception, timeout_s: float) -> InferenceServerError:
+        """`timeout_s`: the deadline of the call that failed (the connect or the inference one)."""
         status = str(getattr(error, "status", lambda: "")())
         if "DEADLINE_EXCEEDED" in status or "Deadline" in str(error):
-            return InferenceTimeoutError(f"Triton at {self._url} did not answer within {self._timeout_s} s: {error}")
+            return InferenceTimeoutError(f"Triton at {self._url} did not answer within {timeout_s} s: {error}")
         return InferenceServerError(f"Triton at {self._url} failed: {error}")
 
     def infer(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -177,7 +179,7 @@ class TritonBackend:
                     client_timeout=self._timeout_s,
                 )
             except self._error_type as e:
-                raise self._translate(e) from e
+                raise self._translate(e, self._timeout_s) from e
             outputs.append(result.as_numpy(self.output_name))
         if not self._batched:
             return pad_boxes(outputs)

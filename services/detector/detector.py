@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from services.detector.backends import DetectorBackend, OnnxRuntimeBackend, TritonBackend
 from services.detector.classifier import with_classifier
+from services.detector.errors import ModelError
 from services.detector.model import DEFAULT_CLASSIFIER_NAME, ModelInfo, resolve_model_path
 from services.detector.postprocess import DEFAULT_IOU_THRESHOLD, TileDetections, decode
 
@@ -128,7 +129,7 @@ class EnsembleDetector:
 
     def __post_init__(self) -> None:
         if len(self.members) < 2 or len(self.weights) != len(self.members):
-            raise ValueError("an ensemble needs two or more members and one weight each")
+            raise ModelError("an ensemble needs two or more members and one weight each")
         first = self.members[0].info
         for member in self.members[1:]:
             other = member.info
@@ -138,7 +139,7 @@ class EnsembleDetector:
                 first.class_names,
                 first.reinhard_target_lab,
             ):
-                raise ValueError(f"{other.name} and {first.name} differ in input size, MPP, classes or stain target")
+                raise ModelError(f"{other.name} and {first.name} differ in input size, MPP, classes or stain target")
         names = "+".join(m.info.name for m in self.members)
         self.info = ModelInfo(
             name=f"ensemble({names})",

@@ -9,12 +9,14 @@ DetectorError
 
 from __future__ import annotations
 
+from services.common.errors import PermanentError, TransientError
+
 
 class DetectorError(Exception):
     """Base class of every detector error."""
 
 
-class ModelError(DetectorError):
+class ModelError(DetectorError, PermanentError):
     """The model cannot be loaded or does not follow the mitoscope ONNX contract."""
 
 
@@ -22,7 +24,7 @@ class UnknownModelError(ModelError):
     """No model of that name or path."""
 
 
-class InferenceServerError(DetectorError):
+class InferenceServerError(DetectorError, TransientError):
     """The inference server is unreachable or returned an error."""
 
 

@@ -6,7 +6,6 @@ An ONNX model carries `mitoscope.*` entries in its `metadata_props` (see
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,14 +69,6 @@ class ModelInfo:
             )
         except (ValueError, TypeError) as e:
             raise ModelError(f"{source}: malformed model metadata: {e}") from e
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model_path(model: str, repository: Path) -> Path:

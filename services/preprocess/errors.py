@@ -6,10 +6,12 @@ PreprocessError
 
 from __future__ import annotations
 
+from services.common.errors import PermanentError
+
 
 class PreprocessError(Exception):
     """Base class of every preprocess error."""
 
 
-class NormalisationError(PreprocessError):
+class NormalisationError(PreprocessError, PermanentError):
     """The image or the colour statistics cannot be used for normalisation."""

@@ -73,7 +73,7 @@ class BatchRequest(PlanRequest):
 
 
 @dataclass
-class OpenSlide:
+class OpenedSlide:
     slide: Slide
     lock: threading.Lock
     plans: dict[tuple[float, float, int, int], tuple[float, SlidePlan]]
@@ -85,7 +85,7 @@ class SlideRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = SlideCache(settings.cache_dir, settings.cache_max_bytes)
-        self._open: OrderedDict[str, OpenSlide] = OrderedDict()
+        self._open: OrderedDict[str, OpenedSlide] = OrderedDict()
         self._lock = threading.Lock()
 
     def _local_path(self, location: str) -> Path:
@@ -97,12 +97,12 @@ class SlideRegistry:
             raise SlideNotFoundError(f"{location}: outside the slide root")
         return resolve_slide(str(path))
 
-    def get(self, location: str) -> OpenSlide:
+    def get(self, location: str) -> OpenedSlide:
         with self._lock:
             if location in self._open:
                 self._open.move_to_end(location)
                 return self._open[location]
-        opened = OpenSlide(open_slide(self._local_path(location)), threading.Lock(), {})
+        opened = OpenedSlide(open_slide(self._local_path(location)), threading.Lock(), {})
         with self._lock:
             self._open[location] = opened
             while len(self._open) > self.settings.open_slides:
@@ -111,7 +111,7 @@ class SlideRegistry:
                     evicted.slide.close()
             return opened
 
-    def plan(self, request: PlanRequest) -> tuple[OpenSlide, float, SlidePlan]:
+    def plan(self, request: PlanRequest) -> tuple[OpenedSlide, float, SlidePlan]:
         opened = self.get(request.location)
         key = (request.mpp_um_per_px or 0.0, request.model_mpp_um_per_px, request.tile_px, request.overlap_px)
         with opened.lock:

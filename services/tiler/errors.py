@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from services.common.errors import PermanentError, TransientError
+
 
 class TilerError(Exception):
     """Base class of every tiler error."""
 
 
-class SlideError(TilerError):
+class SlideError(TilerError, PermanentError):
     """The file exists but cannot be used as a slide."""
 
 
@@ -75,15 +77,15 @@ class StorageError(TilerError):
     """The slide could not be fetched from storage."""
 
 
-class SlideNotFoundError(StorageError):
+class SlideNotFoundError(StorageError, PermanentError):
     """No file or object at the given location."""
 
 
-class StorageUnavailableError(StorageError):
+class StorageUnavailableError(StorageError, TransientError):
     """The object store did not answer or refused the request."""
 
 
-class StorageRefusedError(StorageError):
+class StorageRefusedError(StorageError, PermanentError):
     """The object store answered and refused: access denied, wrong keys, an invalid name."""
 
 

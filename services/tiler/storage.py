@@ -8,7 +8,6 @@ cache exceeds its size bound. S3 calls go through `services.common.objectstore`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from services.common import objectstore
+from services.common.files import file_sha256
 from services.common.objectstore import S3Config, is_s3_uri
 from services.tiler.errors import SlideNotFoundError, StorageRefusedError, StorageUnavailableError
 
@@ -51,7 +51,7 @@ class SlideCache:
         return None
 
     def store(self, source_id: str, downloaded: Path, name: str) -> Path:
-        digest = _sha256(downloaded)
+        digest = file_sha256(downloaded)
         final = self.root / "sha256" / digest / Path(name).name
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
@@ -76,14 +76,6 @@ class SlideCache:
             total -= path.stat().st_size
             path.unlink()
             log.info("evicted %s from the slide cache", path.parent.name)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(DOWNLOAD_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -13,13 +13,13 @@ from services.aggregator.app import Settings, create_app
 from services.aggregator.merge import merge_tile_detections
 from services.aggregator.result import summarise
 from services.common.messages import (
-    PROTOBUF_CONTENT_TYPE,
     detections_to_message,
     plan_to_message,
     result_from_message,
     result_to_message,
 )
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.wire import PROTOBUF_CONTENT_TYPE
 from services.detector.postprocess import TileDetections
 from services.tiler.grid import plan_tiles
 from services.tiler.tissue import TissueMask

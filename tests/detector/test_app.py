@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from services.common.messages import PROTOBUF_CONTENT_TYPE, batch_to_message, detections_from_message
+from services.common.messages import batch_to_message, detections_from_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.wire import PROTOBUF_CONTENT_TYPE
 from services.detector.app import Settings, create_app
 from services.detector.detector import open_detector
 from services.detector.model import DEFAULT_MODEL_NAME

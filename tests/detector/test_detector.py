@@ -120,3 +120,19 @@ def test_triton_answers_like_onnxruntime(triton_server: TritonServer) -> None:
 def test_triton_unknown_model_is_a_clear_error(triton_server: TritonServer) -> None:
     with pytest.raises(UnknownModelError, match="not loaded in Triton"):
         TritonBackend(triton_server.grpc_url, "no_such_model")
+
+
+def test_a_connect_timeout_names_the_connect_deadline_not_the_inference_one() -> None:
+    import socket
+
+    from services.detector.errors import InferenceTimeoutError
+
+    silent = socket.socket()  # accepts TCP connections and never speaks gRPC
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(InferenceTimeoutError, match=r"did not answer within 0\.5 s"):
+            TritonBackend(url, DEFAULT_MODEL_NAME, timeout_s=120.0, connect_timeout_s=0.5)
+    finally:
+        silent.close()

@@ -8,13 +8,13 @@ from fastapi.testclient import TestClient
 
 from mitoscope.synth import SynthParams, synthesize
 from services.common.messages import (
-    PROTOBUF_CONTENT_TYPE,
     batch_from_message,
     batch_to_message,
     stats_from_message,
     stats_to_message,
 )
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.wire import PROTOBUF_CONTENT_TYPE
 from services.preprocess.app import Settings, create_app
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 from services.tiler.grid import Tile

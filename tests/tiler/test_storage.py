@@ -227,3 +227,16 @@ def test_tiler_readiness_follows_the_object_store(
         monkeypatch.setenv("MITOSCOPE_S3_ENDPOINT", dead)
         ready = client.get("/health/ready")
         assert ready.status_code == 503 and dead in ready.json()["message"]
+
+
+def test_s3_config_environment_round_trips_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.objectstore import S3Config
+
+    config = S3Config(
+        "127.0.0.1:9000", "key", "secret", True, "eu-1", connect_timeout_s=1.5, read_timeout_s=7.0, retries=5
+    )
+    for name in [n for n in os.environ if n.startswith("MITOSCOPE_S3_")]:
+        monkeypatch.delenv(name)
+    for name, value in config.env().items():
+        monkeypatch.setenv(name, value)
+    assert S3Config.from_env() == config

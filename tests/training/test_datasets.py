@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from services.common.files import REPO_ROOT
 from training.annotations import (
     AnnotatedImage,
     AnnotationError,
@@ -24,7 +25,7 @@ from training.annotations import (
 )
 from training.datasets import coco_document, image_boxes, split_by_slide, write_dataset, yolo_lines
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "training" / "schemas" / "platform_tile.schema.json"
+SCHEMA_PATH = REPO_ROOT / "training" / "schemas" / "platform_tile.schema.json"
 
 
 def _platform_doc(**overrides: object) -> dict[str, object]:
