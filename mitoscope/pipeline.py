@@ -23,17 +23,18 @@ import numpy as np
 
 from mitoscope import __version__
 from services.aggregator import exports
-from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM, thresholds_for
-from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
+from services.aggregator.grading import thresholds_for
+from services.aggregator.merge import merge_tile_detections
 from services.aggregator.result import result_document, summarise
 from services.common.files import REPO_ROOT
+from services.common.options import ScoreOptions
 from services.detector.detector import Detector
 from services.detector.postprocess import TileDetections
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
-from services.tiler.grid import DEFAULT_OVERLAP_PX, TilePlan
+from services.tiler.grid import TilePlan
 from services.tiler.planning import plan_slide
 from services.tiler.qc import SlideQc
-from services.tiler.reader import DEFAULT_BATCH_SIZE, ReadGeometry, read_batches, read_tile
+from services.tiler.reader import ReadGeometry, read_batches, read_tile
 from services.tiler.slide import Slide, open_slide, resolve_mpp
 from services.tiler.tissue import TissueMask
 
@@ -42,17 +43,6 @@ log = logging.getLogger(__name__)
 STATS_SAMPLE_TILES = 32
 GALLERY_CROP_PX = 160
 GALLERY_MAX_CROPS = 48
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    mpp_override_um_per_px: float | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    overlap_px: int = DEFAULT_OVERLAP_PX
-    score_threshold: float | None = None  # None: the threshold the model was validated with
-    merge_radius_um: float = DEFAULT_MERGE_RADIUS_UM
-    field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM
-    gallery: bool = False
 
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles total)

@@ -122,7 +122,7 @@ def _compare_with_truth(path: Path, result: dict[str, Any]) -> None:
 
 def _demo_in_process(slides: list[Path], out: Path) -> None:
     from mitoscope.cli.score import score_with_progress
-    from mitoscope.pipeline import ScoreOptions
+    from services.common.options import ScoreOptions
     from services.detector.detector import open_detector
     from services.detector.model import DEFAULT_MODEL_NAME
 

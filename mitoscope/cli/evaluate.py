@@ -9,6 +9,7 @@ import typer
 
 from mitoscope.cli.console import EXIT_BAD_INPUT, console, fail
 from mitoscope.cli.options import model_repository
+from services.common.options import DEFAULT_MODEL_NAME
 
 
 def evaluate(
@@ -19,7 +20,7 @@ def evaluate(
     ] = None,
     model: Annotated[
         str, typer.Option(help="Model name in the model repository, 'ensemble', or an .onnx file.")
-    ] = "yolov5n_mitosis",
+    ] = DEFAULT_MODEL_NAME,
     out: Annotated[Path, typer.Option(help="Folder for evaluation.json, pr_curve.png and report.md.")] = Path(
         "out/evaluation"
     ),

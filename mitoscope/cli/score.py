@@ -9,10 +9,11 @@ import typer
 
 from mitoscope.cli.console import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, fail, print_summary, progress_bar, show_tiles
 from mitoscope.cli.options import DEFAULT_TRITON_URL, BackendChoice, cache_dir, model_repository
+from services.common.options import DEFAULT_BATCH_SIZE, DEFAULT_FIELD_DIAMETER_MM, DEFAULT_MODEL_NAME
 from services.detector.model import DEFAULT_CLASSIFIER_NAME
 
 if TYPE_CHECKING:
-    from mitoscope.pipeline import ScoreOptions
+    from services.common.options import ScoreOptions
     from services.detector.detector import Detector
 
 
@@ -27,7 +28,7 @@ def score(
             help="Model name in the model repository (yolov5n_mitosis, faster_rcnn_mitosis), 'ensemble' "
             "(both, weighted box fusion), or a path to an .onnx file."
         ),
-    ] = "yolov5n_mitosis",
+    ] = DEFAULT_MODEL_NAME,
     classifier: Annotated[
         str,
         typer.Option(
@@ -45,12 +46,12 @@ def score(
     ] = None,
     field_diameter_mm: Annotated[
         float, typer.Option(help="Microscope field diameter for the Nottingham table (mm).")
-    ] = 0.55,
+    ] = DEFAULT_FIELD_DIAMETER_MM,
     score_threshold: Annotated[
         float | None,
         typer.Option(min=0.0, max=1.0, help="Minimum detection confidence [default: the model's validated one]."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per batch.")] = 150,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per batch.")] = DEFAULT_BATCH_SIZE,
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads (0 = all cores).")] = 0,
     gallery: Annotated[
         bool, typer.Option(help="Also write gallery.png: a crop of each detection with its box.")
@@ -60,8 +61,8 @@ def score(
 
     Writes result.json, result.geojson (QuPath), result.csv and overview.png.
     """
-    from mitoscope.pipeline import ScoreOptions
     from services.common.errors import PermanentError, TransientError
+    from services.common.options import ScoreOptions
     from services.detector.detector import open_detector
     from services.tiler.storage import SlideCache, is_s3_uri, resolve_slide
 

@@ -9,11 +9,12 @@ import typer
 
 from mitoscope.cli.console import EXIT_BAD_INPUT, console, fail
 from mitoscope.cli.options import DEFAULT_TRITON_URL, BackendChoice, cache_dir, model_repository
+from services.common.options import DEFAULT_MODEL_NAME
 
 
 def watch(
     location: Annotated[str, typer.Argument(help="Folder the scanner writes slides into, or s3://bucket/prefix.")],
-    model: Annotated[str, typer.Option(help="Model name, 'ensemble', or an .onnx file.")] = "yolov5n_mitosis",
+    model: Annotated[str, typer.Option(help="Model name, 'ensemble', or an .onnx file.")] = DEFAULT_MODEL_NAME,
     backend: Annotated[BackendChoice, typer.Option(help="In-process ONNX Runtime or a Triton server.")] = (
         BackendChoice.onnxruntime
     ),

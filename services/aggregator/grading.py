@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from services.aggregator.errors import GradingParameterError
+from services.common.options import DEFAULT_FIELD_DIAMETER_MM
 
-DEFAULT_FIELD_DIAMETER_MM = 0.55
 HOTSPOT_FIELDS = 10
 
 # Field diameter (mm) -> (highest count for score 1, highest count for score 2), per 10 HPF.

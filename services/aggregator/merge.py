@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from services.common.options import DEFAULT_MERGE_RADIUS_UM
 from services.detector.postprocess import TileDetections
 from services.tiler.grid import Tile, TilePlan
 
-DEFAULT_MERGE_RADIUS_UM = 7.5
 MITOSIS_CLASS = "mitosis"
 ATYPICAL_CLASS = "atypical_mitosis"  # a mitosis the second stage calls atypical
 MITOTIC_CLASSES = (MITOSIS_CLASS, ATYPICAL_CLASS)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.options import DEFAULT_OVERLAP_PX
 from services.tiler.tissue import TissueMask
 
 DEFAULT_TILE_PX = 512
-DEFAULT_OVERLAP_PX = 96  # 24 µm at 0.25 µm/px: wider than the largest mitotic figure (~15 µm)
 DEFAULT_MIN_TISSUE_FRACTION = 0.0  # any tissue: a tile touching tissue is read
 
 

@@ -11,10 +11,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from services.common.options import DEFAULT_BATCH_SIZE
 from services.tiler.grid import Tile, TilePlan
 from services.tiler.slide import Slide
-
-DEFAULT_BATCH_SIZE = 150  # tiles per batch, as in the paper
 
 
 @dataclass(frozen=True)
