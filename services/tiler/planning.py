@@ -1,7 +1,8 @@
 """From an open slide to its tissue mask and tile plan: the tiler's whole preparation step.
 
-Quality control runs here too (see `services.tiler.qc`): the slide-level checks refuse a slide
-before any tile is read, and pen and out-of-focus tiles leave the plan, reported in `SlidePlan.qc`.
+Quality control runs here too: the slide-level checks (`services.tiler.qc`) refuse a slide before
+any tile is read, and pen and out-of-focus tiles leave the plan (`services.tiler.exclusions`),
+reported in `SlidePlan.qc`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from services.tiler.errors import NoTissueError
+from services.tiler.exclusions import exclude_tiles, find_pen_marks
 from services.tiler.grid import TilePlan, plan_tiles
-from services.tiler.qc import SlideQc, check_colours, check_stain, exclude_tiles, find_pen_marks
+from services.tiler.qc import SlideQc, check_colours, check_stain
 from services.tiler.slide import Slide
 from services.tiler.tissue import TissueMask, detect_tissue, overview_side_px
 

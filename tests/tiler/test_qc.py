@@ -25,8 +25,9 @@ from services.tiler.errors import (
     SlideOpenError,
     SlideQcError,
 )
+from services.tiler.exclusions import focus_measure
 from services.tiler.planning import SlidePlan, plan_slide
-from services.tiler.qc import FOCUS_MIN_LAPLACIAN_VAR, check_colours, focus_measure
+from services.tiler.qc import FOCUS_MIN_LAPLACIAN_VAR, check_colours
 from services.tiler.slide import open_slide
 from tests.conftest import shared_file
 
