@@ -12,7 +12,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto train-venv up down demo test check format models bench clean
+.PHONY: help setup proto train-venv up down demo test test-unit check format models bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ demo: setup ## Synthesise a slide, score it through the local stack over REST, p
 
 test: setup train-venv ## Run the test suite (unit, API and integration tests with real servers, 1-epoch training)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed $(PROTO_OUT)/.generated ## The fast loop: tests that need no server and no training venv
+	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
 
 check: $(VENV)/.installed ## Lint, format check and type check
 	$(VENV)/bin/ruff check mitoscope services training tests bench

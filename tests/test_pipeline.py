@@ -94,6 +94,7 @@ def _truth(slide: Path) -> dict[str, Any]:
     return json.loads(truth_path_for(slide).read_text())
 
 
+@pytest.mark.slow
 def test_count_is_close_to_the_planted_truth(onnx_result: tuple[dict[str, Any], Path], e2e_slide: Path) -> None:
     result, _ = onnx_result
     truth = _truth(e2e_slide)
@@ -108,6 +109,7 @@ def test_count_is_close_to_the_planted_truth(onnx_result: tuple[dict[str, Any], 
     assert abs(result["mitosis_count"] - truth["mitosis_count"]) <= MAX_COUNT_ERROR_FRACTION * truth["mitosis_count"]
 
 
+@pytest.mark.slow
 def test_result_carries_score_hotspot_and_provenance(onnx_result: tuple[dict[str, Any], Path]) -> None:
     result, _ = onnx_result
     assert result["mitotic_score"] in (1, 2, 3)
@@ -120,6 +122,7 @@ def test_result_carries_score_hotspot_and_provenance(onnx_result: tuple[dict[str
     assert result["provenance"]["code_version"]
 
 
+@pytest.mark.slow
 def test_exports_validate(onnx_result: tuple[dict[str, Any], Path]) -> None:
     result, out = onnx_result
     assert sorted(p.name for p in out.iterdir()) == ["overview.png", "result.csv", "result.geojson", "result.json"]
@@ -175,6 +178,7 @@ def _assert_refused(proc: subprocess.CompletedProcess[str], code: int, *needles:
         assert needle in message
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_without_leaving_outputs(tmp_path: Path, small_slide: Path) -> None:
     not_a_slide = tmp_path / "notes.svs"
     not_a_slide.write_text("not a slide\n")
@@ -229,6 +233,7 @@ def test_damaged_slide_fails_and_keeps_the_earlier_result(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.slow
 def test_cli_scores_and_prints_a_summary(small_slide: Path, tmp_path: Path) -> None:
     proc = _cli("score", str(small_slide), "--out", str(tmp_path / "r"), "--threads", "1", "--gallery")
     assert proc.returncode == 0, proc.stderr

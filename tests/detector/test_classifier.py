@@ -76,6 +76,7 @@ def test_two_stage_detections_carry_both_probabilities(e2e_tiles: np.ndarray) ->
         np.testing.assert_array_equal(tile.class_ids, atypical.astype(np.int64))
 
 
+@pytest.mark.slow
 def test_two_stage_pipeline_still_finds_the_planted_mitoses(e2e_slide: Path, tmp_path: Path) -> None:
     detector = open_detector("yolov5n_mitosis", "onnxruntime", MODEL_REPOSITORY, "", threads=0)
     try:
@@ -160,6 +161,7 @@ def test_triton_classifies_like_onnxruntime(triton_server: TritonServer) -> None
         remote.close()
 
 
+@pytest.mark.slow
 def test_a_dicom_folder_is_scored_with_both_stages(tmp_path: Path) -> None:
     from mitoscope.synth import SynthParams, synthesize
     from tests.tiler.test_qc import _write_dicom_series

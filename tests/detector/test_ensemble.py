@@ -7,6 +7,7 @@ import pytest
 
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import EnsembleDetector, ModelDetector, weighted_box_fusion
+from services.detector.errors import ModelError
 from services.detector.postprocess import TileDetections
 from tests.conftest import MODEL_PATH
 
@@ -39,7 +40,7 @@ def test_disjoint_boxes_stay_apart_and_weights_count() -> None:
 
 def test_ensemble_refuses_members_that_disagree_on_their_inputs() -> None:
     member = ModelDetector(OnnxRuntimeBackend(MODEL_PATH, threads=1))
-    with pytest.raises(ValueError, match="two or more members"):
+    with pytest.raises(ModelError, match="two or more members"):  # a model error the CLI reports, not a bare ValueError
         EnsembleDetector([member], [1.0], 0.3)
     member.close()
 

@@ -35,6 +35,7 @@ def coco_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_curve_and_table_with_a_threshold_from_validation(
     coco_dataset: Path, tmp_path: Path
 ) -> None:
