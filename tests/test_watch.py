@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from mitoscope.pipeline import score_slide
 from mitoscope.s3server import SeaweedS3
-from mitoscope.watch import LEDGER_NAME, FolderSource, InProcessScorer, S3PrefixSource, Watcher, WrittenSlide
 from services.common import objectstore
 from services.common.objectstore import S3Config
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
+from services.watcher import LEDGER_NAME, FolderSource, InProcessScorer, S3PrefixSource, Watcher, WrittenSlide
 from tests.conftest import MODEL_PATH
 
 
@@ -30,7 +31,7 @@ class Clock:
 @pytest.fixture
 def scorer() -> Iterator[InProcessScorer]:
     detector = ModelDetector(OnnxRuntimeBackend(MODEL_PATH, threads=1))
-    yield InProcessScorer(detector)
+    yield InProcessScorer(lambda path, out_dir, name: score_slide(path, out_dir, detector, display_name=name))
     detector.close()
 
 

@@ -32,11 +32,12 @@ def watch(
     """
     import time
 
-    from mitoscope.watch import InProcessScorer, Watcher, describe, open_source
+    from mitoscope.pipeline import score_slide
+    from services.common.errors import TransientError
     from services.common.objectstore import ObjectStoreError, is_s3_uri
     from services.detector.detector import open_detector
-    from services.detector.errors import DetectorError, InferenceServerError
-    from services.tiler.errors import StorageUnavailableError
+    from services.detector.errors import DetectorError
+    from services.watcher import InProcessScorer, Watcher, describe, open_source
 
     if not is_s3_uri(location) and not Path(location).is_dir():
         raise fail(f"{location}: no such folder", EXIT_BAD_INPUT)
@@ -45,15 +46,16 @@ def watch(
         detector = open_detector(model, backend.value, model_repository(), triton_url)
     except (DetectorError, ObjectStoreError) as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
-    watcher = Watcher(source, InProcessScorer(detector))
+    scorer = InProcessScorer(lambda path, out_dir, name: score_slide(path, out_dir, detector, display_name=name))
+    watcher = Watcher(source, scorer)
     console.print(f"watching {location} (Ctrl-C to stop)" if not once else f"scoring the slides in {location}")
     looks = 0
     try:
         while True:
             try:
                 handled = watcher.poll()
-            except (ObjectStoreError, StorageUnavailableError, InferenceServerError) as e:
-                console.print(f"[yellow]{e}; looking again in {poll_s:.0f} s[/]")  # not the slides' fault
+            except (TransientError, ObjectStoreError) as e:  # the store or the model server: not the slides' fault
+                console.print(f"[yellow]{e}; looking again in {poll_s:.0f} s[/]")
                 handled = []
             for slide in handled:
                 console.print(f"{slide.name}: {describe(watcher.outcomes[slide.name])}")

@@ -28,16 +28,15 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    create_engine,
-    event,
     insert,
-    inspect,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from services.gateway.database import add_missing_columns
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 # A job failed because the tiler refused the slide (quality control, not a slide): its stored error
@@ -159,48 +158,12 @@ def _job(row: Any) -> Job:
     )
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN IMMEDIATE ourselves
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Columns added since a database was created (create_all makes only missing tables).
-
-    Replicas starting together may race to add the same column: PostgreSQL says IF NOT EXISTS,
-    and on SQLite a column another process added first is simply there when we look again."""
-    present = {c["name"] for c in inspect(engine).get_columns("jobs")}
-    for column in jobs_table.columns:
-        if column.name in present:
-            continue
-        kind = column.type.compile(dialect=engine.dialect)
-        guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {guard}{column.name} {kind}")
-        except OperationalError:
-            if column.name not in {c["name"] for c in inspect(engine).get_columns("jobs")}:
-                raise
-
-
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         metadata.create_all(engine)
-        _add_missing_columns(engine)
+        add_missing_columns(engine, jobs_table)
 
     def create(
         self, slide_location: str, model: str, options: dict[str, Any], idempotency_key: str | None = None

@@ -10,17 +10,22 @@ retries the one call that failed (not the whole batch); durable checkpoints belo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import httpx
+from pydantic import ValidationError
 
-from services.common.messages import PROTOBUF_CONTENT_TYPE, model_message, result_from_message, stats_to_message
+from services.aggregator.schema import SlideResult, Timing
+from services.common.errors import RETRYABLE_HTTP_STATUSES
+from services.common.messages import model_message, stats_to_message
+from services.common.options import DEFAULT_BATCH_SIZE, DEFAULT_FIELD_DIAMETER_MM
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
+from services.common.wire import PROTOBUF_CONTENT_TYPE
 from services.preprocess.reinhard import LabStats
-from services.tiler.reader import DEFAULT_BATCH_SIZE
 
 STATS_SAMPLE_TILES = 32  # as the embedded pipeline
 DEFAULT_TIMEOUT_S = 300.0
@@ -54,7 +59,7 @@ class ServiceError(RuntimeError):
     @property
     def transient(self) -> bool:
         """Worth retrying: the service is busy (429), or it or one behind it is down or timed out."""
-        return self.status in (429, 502, 503, 504)
+        return self.status in RETRYABLE_HTTP_STATUSES
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ class ServiceUrls:
     aggregator: str
 
 
-def _check(response: httpx.Response, what: str) -> httpx.Response:
+def check_response(response: httpx.Response, what: str) -> httpx.Response:
+    """`response`, unless it is an error: then a ServiceError with its status, code and Retry-After."""
     if response.status_code >= 400:
         code: str | None = None
         try:
@@ -96,7 +102,7 @@ class SlideSession:
         model: str,
         mpp_um_per_px: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        field_diameter_mm: float = 0.0,
+        field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM,
         output_location: str = "",
         run: StepRunner = run_once,
     ) -> None:
@@ -132,14 +138,17 @@ class SlideSession:
             model=model_message(described, described["score_threshold"]),
             source_lab=self.source,
             target_lab=self.target,
+            batch_size=batch_size,
         )
+        if mpp_um_per_px is not None:
+            self.aggregate_request.mpp_override_um_per_px = mpp_um_per_px
         if output_location:  # the exports written for the caller include the overview picture
             self.aggregate_request.slide_png = self._call(
                 lambda: client.get(f"{urls.tiler}/v1/overview.png", params={"location": location}), "tiler overview"
             ).content
 
     def _call(self, request: Callable[[], httpx.Response], what: str) -> httpx.Response:
-        return self.run(lambda: _check(request(), what), what)
+        return self.run(lambda: check_response(request(), what), what)
 
     def tiles_in(self, batch_index: int) -> int:
         return min(self.batch_size, self.total_tiles - batch_index * self.batch_size)
@@ -161,14 +170,18 @@ class SlideSession:
         )
         return pb.Detections.FromString(found.content)
 
-    def aggregate(self, detections: list[pb.Detections]) -> dict[str, Any]:
+    def aggregate(self, detections: list[pb.Detections]) -> SlideResult:
+        """The slide result as the aggregator built it (timing is the caller's to add)."""
         request = pb.AggregateRequest()
         request.CopyFrom(self.aggregate_request)
         request.detections.extend(detections)
         response = self._call(
             lambda: _post_message(self.client, f"{self.urls.aggregator}/v1/aggregate", request), "aggregate"
         )
-        return result_from_message(pb.SlideResult.FromString(response.content))
+        try:
+            return SlideResult.model_validate_json(response.content)
+        except ValidationError as e:
+            raise ServiceError(f"aggregate: the aggregator answered a result that is not a SlideResult: {e}") from e
 
 
 def detect_in_flight(
@@ -207,17 +220,27 @@ def detect_in_flight(
                 future.cancel()
 
 
+def timed(result: SlideResult, started_s: float) -> dict[str, Any]:
+    """The result document with its timing: seconds since `started_s` (`time.perf_counter()`) and
+    the slide's tiles per second over them, as the embedded pipeline reports its own run."""
+    seconds = max(time.perf_counter() - started_s, 1e-9)
+    timing = Timing(seconds=round(seconds, 2), tiles_per_s=round(result.provenance.tiles.total / seconds, 2))
+    provenance = result.provenance.model_copy(update={"timing": timing})
+    return result.model_copy(update={"provenance": provenance}).document()
+
+
 def score_via_services(
     location: str,
     urls: ServiceUrls,
     model: str,
     mpp_um_per_px: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    field_diameter_mm: float = 0.0,
+    field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM,
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
 ) -> dict[str, Any]:
+    started_s = time.perf_counter()
     with httpx.Client(timeout=timeout_s) as client:
         session = SlideSession(client, urls, location, model, mpp_um_per_px, batch_size, field_diameter_mm)
         if progress:
@@ -229,4 +252,4 @@ def score_via_services(
             tiles_done += session.tiles_in(batch_index)
             if progress:
                 progress(tiles_done, session.total_tiles)
-        return session.aggregate([detections[i] for i in range(session.batch_count)])
+        return timed(session.aggregate([detections[i] for i in range(session.batch_count)]), started_s)

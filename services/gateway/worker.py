@@ -1,6 +1,9 @@
 """A job worker: claims jobs from the store and scores them through the services, batch by batch.
 
-    python -m services.gateway.worker --database sqlite:///jobs.db --tiler http://... (see --help)
+    python -m services.gateway.worker [--stop-when-idle] (see --help)
+
+Configured like the gateway, from the same `Settings` (GATEWAY_* variables: the job database, the
+services, the retry budget, the results location); a flag overrides its variable.
 
 Each finished batch is checkpointed with the lease renewed in the same transaction; a worker that
 takes over a job whose previous worker died skips the checkpointed batches, so nothing is lost and
@@ -24,10 +27,13 @@ from types import TracebackType
 from typing import TypeVar
 
 import httpx
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.common.options import DEFAULT_BATCH_SIZE, DEFAULT_FIELD_DIAMETER_MM
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
-from services.gateway.jobs import DEFAULT_LEASE_S, Job, JobStore, LeaseLostError, make_engine
+from services.gateway.database import make_engine
+from services.gateway.jobs import DEFAULT_LEASE_S, Job, JobStore, LeaseLostError
 from services.gateway.orchestrate import (
     DEFAULT_BATCHES_IN_FLIGHT,
     DEFAULT_TIMEOUT_S,
@@ -35,7 +41,10 @@ from services.gateway.orchestrate import (
     ServiceUrls,
     SlideSession,
     detect_in_flight,
+    timed,
 )
+from services.gateway.retry import DEFAULT_RETRY, GaveUpError, RetryPolicy, StoppedError, with_retries
+from services.gateway.settings import Settings
 from services.tiler.errors import QC_REFUSALS
 
 T = TypeVar("T")
@@ -43,74 +52,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5
 STORE_DOWN_WAIT_S = 5.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long a job waits out a transient failure (a service, Triton or S3 down) or a busy service.
-
-    Outages: delays double from `first_delay_s` up to `max_delay_s`; after `budget_s` of failing
-    the step fails with the last error. Busy (429): waits as long as the service's `Retry-After`
-    says, counted against the separate `busy_budget_s`, since a busy cluster is working.
-    Checkpointed batches are kept either way."""
-
-    budget_s: float = 600.0
-    first_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    busy_budget_s: float = 3600.0
-
-
-DEFAULT_RETRY = RetryPolicy()
-
-
-class GaveUpError(RuntimeError):
-    """A transient failure outlasted the retry budget."""
-
-
-class StoppedError(RuntimeError):
-    """A retry was abandoned: a sibling batch failed, or the job's lease was lost."""
-
-
-def with_retries(
-    step: Callable[[], T],
-    what: str,
-    policy: RetryPolicy = DEFAULT_RETRY,
-    while_waiting: Callable[[], None] = lambda: None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    stop: threading.Event | None = None,
-) -> T:
-    """Run `step`, retrying transient failures with backoff until the policy's budget is spent.
-
-    `while_waiting` runs before each wait (the worker checks its lease there); `stop` ends the
-    waiting early with StoppedError. Permanent errors propagate at once."""
-    started = clock()
-    busy_s = 0.0
-    delay = policy.first_delay_s
-    while True:
-        if stop is not None and stop.is_set():  # cancelled, taken over, or a sibling failed: no more calls
-            raise StoppedError(f"{what}: stopped")
-        try:
-            return step()
-        except (ServiceError, httpx.TransportError) as e:
-            if isinstance(e, ServiceError) and not e.transient:
-                raise
-            if isinstance(e, ServiceError) and e.status == 429:
-                wait_s = e.retry_after_s or policy.first_delay_s
-                if busy_s + wait_s > policy.busy_budget_s:
-                    raise GaveUpError(f"{what}: the services stayed busy for {busy_s:.0f} s: {e}") from e
-                busy_s += wait_s
-            else:
-                failing_s = clock() - started - busy_s
-                if failing_s + delay > policy.budget_s:
-                    raise GaveUpError(f"{what}: still failing after {failing_s:.0f} s of retries: {e}") from e
-                wait_s, delay = delay, min(delay * 2, policy.max_delay_s)
-            log.warning("%s failed (%s); retrying in %.1f s", what, e, wait_s)
-            while_waiting()
-            if stop is None:
-                sleep(wait_s)
-            elif stop.wait(wait_s):
-                raise StoppedError(f"{what}: stopped while waiting to retry") from e
 
 
 class LeaseKeeper:
@@ -167,6 +108,7 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
         f"{config.results_location.rstrip('/')}/{job.id}" if config.results_location else ""
     )
     stop = threading.Event()
+    started_s = time.perf_counter()  # this attempt's: a resumed job's timing covers the resumed part
     try:
         with (
             LeaseKeeper(store, job.id, worker, config.lease_s, stop) as lease,
@@ -182,8 +124,8 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
                 job.slide_location,
                 job.model,
                 options.get("mpp_um_per_px"),
-                int(options.get("batch_size", 150)),
-                float(options.get("field_diameter_mm", 0.0)),
+                int(options.get("batch_size", DEFAULT_BATCH_SIZE)),
+                float(options.get("field_diameter_mm", DEFAULT_FIELD_DIAMETER_MM)),
                 output_location,
                 run,
             )
@@ -203,7 +145,7 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
                 )
             payloads = store.checkpoints(job.id)
             detections = [pb.Detections.FromString(payloads[i]) for i in range(session.batch_count)]
-            store.finish(job.id, worker, session.aggregate(detections))
+            store.finish(job.id, worker, timed(session.aggregate(detections), started_s))
     except (LeaseLostError, StoppedError) as e:
         log.warning("abandoning job %s: %s", job.id, e)
     except ServiceError as e:
@@ -257,11 +199,29 @@ def run_worker(
         run_job(store, job, worker, urls, config)
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The workers' configuration, in the gateway and in worker processes alike."""
+    return WorkerConfig(
+        lease_s=settings.lease_s,
+        max_in_flight=settings.batches_in_flight,
+        retry=RetryPolicy(budget_s=settings.retry_budget_s),
+        results_location=settings.results_location,
+    )
+
+
+# Command-line flags over the gateway's settings: flag -> Settings field. Unset flags keep the
+# GATEWAY_* environment variables, then the gateway's defaults.
+FLAGS = {
+    "database": "database_url",
+    "tiler": "tiler_url",
+    "preprocess": "preprocess_url",
+    "detector": "detector_url",
+    "aggregator": "aggregator_url",
+    "lease_s": "lease_s",
+    "batches_in_flight": "batches_in_flight",
+    "retry_budget_s": "retry_budget_s",
+    "results_location": "results_location",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,40 +230,26 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--database", default=os.environ.get("GATEWAY_DATABASE_URL", "sqlite:///mitoscope-jobs.db"))
+    parser.add_argument("--database", help="the job database (default: GATEWAY_DATABASE_URL, as the gateway)")
     for name in ("tiler", "preprocess", "detector", "aggregator"):
-        parser.add_argument(f"--{name}", required=True, help=f"base URL of the {name} service")
-    parser.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S)
-    # Defaults come from the gateway's environment variables, so workers and gateway share one config.
+        parser.add_argument(f"--{name}", help=f"base URL of the {name} service (default: GATEWAY_{name.upper()}_URL)")
+    parser.add_argument("--lease-s", type=float, help="how long a job's lease lasts unrenewed (GATEWAY_LEASE_S)")
+    parser.add_argument("--batches-in-flight", type=int, help="batches on their way at once")
     parser.add_argument(
-        "--batches-in-flight",
-        type=_at_least_one,
-        default=int(os.environ.get("GATEWAY_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT)),
-        help="batches on their way at once",
+        "--retry-budget-s", type=float, help="how long a job waits out a service, Triton or S3 outage before it fails"
     )
-    parser.add_argument(
-        "--retry-budget-s",
-        type=float,
-        default=float(os.environ.get("GATEWAY_RETRY_BUDGET_S", DEFAULT_RETRY.budget_s)),
-        help="how long a job waits out a service, Triton or S3 outage before it fails",
-    )
-    parser.add_argument(
-        "--results-location",
-        default=os.environ.get("GATEWAY_RESULTS_LOCATION", ""),
-        help="s3://bucket/prefix (or aggregator folder) for each job's exports",
-    )
+    parser.add_argument("--results-location", help="s3://bucket/prefix (or aggregator folder) for each job's exports")
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--stop-when-idle", action="store_true", help="exit when no job is left")
     args = parser.parse_args(argv)
+    given = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    urls = ServiceUrls(args.tiler, args.preprocess, args.detector, args.aggregator)
-    config = WorkerConfig(
-        lease_s=args.lease_s,
-        max_in_flight=args.batches_in_flight,
-        retry=RetryPolicy(budget_s=args.retry_budget_s),
-        results_location=args.results_location,
-    )
-    run_worker(JobStore(make_engine(args.database)), args.name, urls, config, args.stop_when_idle)
+    store = JobStore(make_engine(settings.database_url))
+    run_worker(store, args.name, settings.service_urls(), worker_config(settings), args.stop_when_idle)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from services.gateway.jobs import JobStore, make_engine
+from services.gateway.database import make_engine
+from services.gateway.jobs import JobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

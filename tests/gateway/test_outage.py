@@ -18,7 +18,8 @@ from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer, free_port
-from services.gateway.jobs import FAILED, RUNNING, SUCCEEDED, JobStore, make_engine
+from services.gateway.database import make_engine
+from services.gateway.jobs import FAILED, RUNNING, SUCCEEDED, JobStore
 from services.gateway.orchestrate import ServiceUrls
 from services.gateway.worker import RetryPolicy, WorkerConfig, run_worker
 from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT, TRITON_VENV
