@@ -10,23 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from mitoscope import __version__
 from services.aggregator import exports
 from services.aggregator.grading import thresholds_for
 from services.aggregator.merge import merge_tile_detections
-from services.aggregator.result import result_document, summarise
-from services.common.files import REPO_ROOT
+from services.aggregator.result import build_result, make_provenance, parameters_of, summarise
+from services.aggregator.schema import ModelProvenance, SlideFacts, Timing
 from services.common.options import ScoreOptions
 from services.detector.detector import Detector
 from services.detector.postprocess import TileDetections
@@ -81,21 +79,6 @@ def slide_colour_stats(slide: Slide, plan: TilePlan, sample_tiles: int = STATS_S
     return stats_from_images([read_tile(slide, plan, geometry, tile) for tile in sample])
 
 
-def code_version() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
-
-
 def score_slide(
     path: Path,
     out_dir: Path,
@@ -134,43 +117,31 @@ def score_slide(
             prepared.tissue,
             options.field_diameter_mm,
         )
+        facts = SlideFacts(
+            name=display_name or path.name,
+            width_px=slide.info.width_px,
+            height_px=slide.info.height_px,
+            mpp_um_per_px=prepared.mpp_um_per_px,
+            mpp_source=prepared.mpp_source,
+            vendor=slide.info.vendor,
+            reader=slide.info.backend,
+        )
+        model = ModelProvenance(
+            name=info.name,
+            version=info.version,
+            sha256=info.sha256,
+            input_size_px=info.input_size_px,
+            mpp_um_per_px=info.mpp_um_per_px,
+            class_names=list(info.class_names),
+            backend=detector.description,
+        )
         elapsed_s = time.perf_counter() - started
-        slide_doc = {
-            "name": display_name or path.name,
-            "width_px": slide.info.width_px,
-            "height_px": slide.info.height_px,
-            "mpp_um_per_px": prepared.mpp_um_per_px,
-            "mpp_source": prepared.mpp_source,
-            "vendor": slide.info.vendor,
-            "reader": slide.info.backend,
-        }
-        provenance = {
-            "code_version": code_version(),
-            "model": {
-                "name": info.name,
-                "version": info.version,
-                "sha256": info.sha256,
-                "input_size_px": info.input_size_px,
-                "mpp_um_per_px": info.mpp_um_per_px,
-                "class_names": list(info.class_names),
-                "backend": detector.description,
-            },
-            "normalisation": {
-                "method": "reinhard",
-                "target_lab": info.reinhard_target_lab,
-                "source_lab": asdict(source_stats),
-            },
-            "parameters": {**asdict(options), "score_threshold": score_threshold},
-            "tiles": {
-                "total": len(plan.tiles),
-                "tile_px": plan.tile_px,
-                "overlap_px": plan.overlap_px,
-                "rows": plan.rows,
-                "cols": plan.cols,
-            },
-            "timing": {"seconds": round(elapsed_s, 2), "tiles_per_s": round(len(plan.tiles) / max(elapsed_s, 1e-9), 2)},
-        }
-        result = result_document(slide_doc, summary, detections, provenance, prepared.qc.to_dict())
+        timing = Timing(seconds=round(elapsed_s, 2), tiles_per_s=round(len(plan.tiles) / max(elapsed_s, 1e-9), 2))
+        with_detections = sum(1 for found in per_tile.values() if len(found))
+        provenance = make_provenance(
+            model, source_stats, target, parameters_of(options, score_threshold), plan, with_detections, timing
+        )
+        result = build_result(facts, summary, detections, provenance, prepared.qc.to_dict()).document()
         gallery = _gallery_crops(slide, result) if options.gallery else None
     _write_outputs(out_dir, result, prepared.overview, gallery)
     return result

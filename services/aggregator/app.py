@@ -2,8 +2,9 @@
 
     uvicorn services.aggregator.app:create_app --factory --host 127.0.0.1 --port 8104
 
-Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers a
-`SlideResult` message (the public JSON result, typed); the GeoJSON rendering is one call away. With an
+Takes an `AggregateRequest` (protobuf: the tiler's plan and the detector's boxes) and answers the
+public JSON result (`services/aggregator/schema.py`'s `SlideResult`, built by the same
+`build_result` the embedded pipeline uses); the GeoJSON rendering is one call away. With an
 `output_location` it also writes result.json, .geojson, .csv (and overview.png when the request
 carries the slide's picture) there (S3, or a folder under `AGGREGATOR_OUTPUT_ROOT`) and names them
 under "exports" in the answer.
@@ -13,30 +14,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.aggregator.errors import ExportLocationError, GradingParameterError
 from services.aggregator.exports import geojson_document, publish
 from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
-from services.aggregator.result import result_document, summarise
+from services.aggregator.result import build_result, make_provenance, parameters_of, summarise
+from services.aggregator.schema import ModelProvenance, SlideFacts, SlideResult
 from services.common import objectstore
-from services.common.messages import (
-    add_model_provenance,
-    detections_from_message,
-    plan_from_message,
-    result_to_message,
-)
+from services.common.messages import detections_from_message, plan_from_message, stats_from_message
 from services.common.objectstore import S3Config
+from services.common.options import DEFAULT_BATCH_SIZE, ScoreOptions
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.web import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
-    message_response,
     read_message,
     service_app,
 )
@@ -51,8 +48,13 @@ class Settings(BaseSettings):
     output_root: Path = Path("results")  # local output locations must lie under it
 
 
-def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
+def aggregate(message: pb.AggregateRequest) -> SlideResult:
+    """The slide result from the plan and every tile's detections: `build_result`, as in process."""
     plan, tissue = plan_from_message(message.plan)
+    if not (message.HasField("model") and message.HasField("source_lab") and message.HasField("target_lab")):
+        raise MessageError("an AggregateRequest needs the model and the Reinhard source and target statistics")
+    if not message.plan.qc_json:
+        raise MessageError("the plan carries no quality-control report (qc_json): plan it with the tiler")
     per_tile = {}
     for detections in message.detections:
         per_tile.update(detections_from_message(detections))
@@ -60,28 +62,45 @@ def aggregate(message: pb.AggregateRequest) -> dict[str, Any]:
     if unknown:
         raise MessageError(f"detections for tiles {sorted(unknown)[:5]} that are not in the plan")
     class_names = tuple(message.class_names) or ("mitosis",)
-    radius_um = message.merge_radius_um or DEFAULT_MERGE_RADIUS_UM
-    field_mm = message.field_diameter_mm or DEFAULT_FIELD_DIAMETER_MM
-    merged = merge_tile_detections(plan, per_tile, class_names, radius_um)
-    summary = summarise(merged, plan.slide_width_px, plan.slide_height_px, plan.slide_mpp_um_per_px, tissue, field_mm)
-    slide = {
-        "name": message.slide_name,
-        "width_px": plan.slide_width_px,
-        "height_px": plan.slide_height_px,
-        "mpp_um_per_px": plan.slide_mpp_um_per_px,
-    }
-    provenance: dict[str, Any] = {
-        "parameters": {"merge_radius_um": radius_um, "field_diameter_mm": field_mm},
-        "tiles": {
-            "total": len(plan.tiles),
-            "with_detections": len(per_tile),
-            "tile_px": plan.tile_px,
-            "overlap_px": plan.overlap_px,
-        },
-    }
-    add_model_provenance(provenance, message, list(class_names))
-    qc = json.loads(message.plan.qc_json) if message.plan.qc_json else None
-    return result_document(slide, summary, merged, provenance, qc)
+    options = ScoreOptions(
+        mpp_override_um_per_px=message.mpp_override_um_per_px if message.HasField("mpp_override_um_per_px") else None,
+        batch_size=message.batch_size or DEFAULT_BATCH_SIZE,
+        overlap_px=plan.overlap_px,
+        merge_radius_um=message.merge_radius_um or DEFAULT_MERGE_RADIUS_UM,
+        field_diameter_mm=message.field_diameter_mm or DEFAULT_FIELD_DIAMETER_MM,
+    )
+    merged = merge_tile_detections(plan, per_tile, class_names, options.merge_radius_um)
+    summary = summarise(
+        merged, plan.slide_width_px, plan.slide_height_px, plan.slide_mpp_um_per_px, tissue, options.field_diameter_mm
+    )
+    facts = SlideFacts(
+        name=message.slide_name,
+        width_px=plan.slide_width_px,
+        height_px=plan.slide_height_px,
+        mpp_um_per_px=plan.slide_mpp_um_per_px,
+        mpp_source=message.plan.mpp_source or "metadata",
+        vendor=message.plan.vendor,
+        reader=message.plan.reader,
+    )
+    m = message.model
+    model = ModelProvenance(
+        name=m.name,
+        version=m.version,
+        sha256=m.sha256,
+        input_size_px=m.input_size_px,
+        mpp_um_per_px=m.mpp_um_per_px,
+        class_names=list(class_names),
+        backend=m.backend,
+    )
+    provenance = make_provenance(
+        model,
+        stats_from_message(message.source_lab),
+        stats_from_message(message.target_lab),
+        parameters_of(options, m.score_threshold),
+        plan,
+        sum(1 for found in per_tile.values() if len(found)),
+    )
+    return build_result(facts, summary, merged, provenance, json.loads(message.plan.qc_json))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -103,19 +122,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/aggregate",
-        summary="The slide result (a SlideResult message) from the plan and all detections",
-        response_class=Response,
+        summary="The slide result (the public JSON result) from the plan and all detections",
+        response_model=SlideResult,
+        response_class=JSONResponse,
         tags=["aggregator"],
     )
-    async def aggregate_route(request: Request) -> Response:
+    async def aggregate_route(request: Request) -> JSONResponse:
         message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
         result = await run_in_threadpool(aggregate, message)
         if message.output_location:
             written = await run_in_threadpool(
-                publish, result, message.output_location, settings.output_root, message.slide_png
+                publish, result.document(), message.output_location, settings.output_root, message.slide_png
             )
-            result = {**result, "exports": written}
-        return message_response(result_to_message(result))
+            result = result.model_copy(update={"exports": written})
+        return JSONResponse(result.document())  # the model documents the answer in OpenAPI
 
     @app.post(
         "/v1/aggregate.geojson",
@@ -125,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def aggregate_geojson(request: Request) -> Response:
         message = await read_message(request, pb.AggregateRequest, settings.max_body_bytes)
-        document = geojson_document(await run_in_threadpool(aggregate, message))
+        document = geojson_document((await run_in_threadpool(aggregate, message)).document())
         return Response(json.dumps(document), media_type="application/geo+json")
 
     return app

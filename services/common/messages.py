@@ -89,7 +89,9 @@ def detections_from_message(message: pb.Detections) -> dict[int, TileDetections]
     return out
 
 
-def plan_to_message(plan: TilePlan, tissue: TissueMask, qc: dict[str, Any] | None = None) -> pb.Plan:
+def plan_to_message(
+    plan: TilePlan, tissue: TissueMask, qc: dict[str, Any], vendor: str, reader: str, mpp_source: str
+) -> pb.Plan:
     ok, png = cv2.imencode(".png", tissue.mask.astype(np.uint8) * 255)
     if not ok:
         raise MessageError("cannot encode the tissue mask")
@@ -105,7 +107,10 @@ def plan_to_message(plan: TilePlan, tissue: TissueMask, qc: dict[str, Any] | Non
         tiles=[pb.Tile(index=t.index, row=t.row, col=t.col, x_px=t.x_px, y_px=t.y_px) for t in plan.tiles],
         tissue_mask_png=png.tobytes(),
         level0_px_per_mask_px=tissue.level0_px_per_mask_px,
-        qc_json=json.dumps(qc) if qc is not None else "",
+        qc_json=json.dumps(qc),
+        vendor=vendor,
+        reader=reader,
+        mpp_source=mpp_source,
     )
 
 
@@ -135,134 +140,3 @@ MODEL_FIELDS = ("name", "version", "sha256", "backend", "input_size_px", "mpp_um
 def model_message(model: Mapping[str, Any], score_threshold: float) -> pb.ModelProvenance:
     """A ModelProvenance from a model's description: the detector's answer, or a result's provenance."""
     return pb.ModelProvenance(**{k: model[k] for k in MODEL_FIELDS}, score_threshold=score_threshold)
-
-
-def add_model_provenance(
-    provenance: dict[str, Any], holder: pb.AggregateRequest | pb.ResultProvenance, class_names: list[str]
-) -> None:
-    """Put the model and the Reinhard statistics that `holder` carries (when it does) into a result's
-    provenance, as the in-process pipeline writes them."""
-    if holder.HasField("model"):
-        provenance["model"] = {k: getattr(holder.model, k) for k in MODEL_FIELDS} | {"class_names": class_names}
-        provenance["parameters"]["score_threshold"] = holder.model.score_threshold
-    if holder.HasField("source_lab") and holder.HasField("target_lab"):
-        provenance["normalisation"] = {
-            "method": "reinhard",
-            "source_lab": {"mean": list(holder.source_lab.mean), "std": list(holder.source_lab.std)},
-            "target_lab": {"mean": list(holder.target_lab.mean), "std": list(holder.target_lab.std)},
-        }
-
-
-def result_to_message(result: dict[str, Any]) -> pb.SlideResult:
-    """The aggregator's result document as a SlideResult (exactly what `result_from_message` undoes)."""
-    prov = result["provenance"]
-    provenance = pb.ResultProvenance(
-        merge_radius_um=prov["parameters"]["merge_radius_um"],
-        field_diameter_mm=prov["parameters"]["field_diameter_mm"],
-        tiles_total=prov["tiles"]["total"],
-        tiles_with_detections=prov["tiles"]["with_detections"],
-        tile_px=prov["tiles"]["tile_px"],
-        overlap_px=prov["tiles"]["overlap_px"],
-    )
-    if "model" in prov:
-        provenance.model.CopyFrom(model_message(prov["model"], prov["parameters"]["score_threshold"]))
-        provenance.class_names.extend(prov["model"]["class_names"])
-    if "normalisation" in prov:
-        provenance.source_lab.CopyFrom(pb.LabStats(**prov["normalisation"]["source_lab"]))
-        provenance.target_lab.CopyFrom(pb.LabStats(**prov["normalisation"]["target_lab"]))
-    h = result["hotspot"]
-    return pb.SlideResult(
-        format=result["format"],
-        slide=pb.SlideInfo(**result["slide"]),
-        mitosis_count=result["mitosis_count"],
-        tissue_area_mm2=result["tissue_area_mm2"],
-        density_per_mm2=result["density_per_mm2"],
-        hotspot=pb.Hotspot(**{k: v for k, v in h.items() if k != "count_per_mm2"}),
-        mitotic_score=result["mitotic_score"],
-        detections=[
-            pb.SlideDetection(
-                id=d["id"],
-                x_px=d["x_px"],
-                y_px=d["y_px"],
-                box_px=d["box_px"],
-                score=d["score"],
-                class_name=d["class"],
-                tile_index=d["tile_index"],
-                mitosis_probability=d.get("mitosis_probability"),
-                atypical_probability=d.get("atypical_probability"),
-            )
-            for d in result["detections"]
-        ],
-        atypical_count=result["atypical_count"],
-        atypical_fraction=result["atypical_fraction"],
-        qc_json=json.dumps(result["qc"]) if "qc" in result else "",
-        provenance=provenance,
-        exports=result.get("exports", {}),
-    )
-
-
-def result_from_message(message: pb.SlideResult) -> dict[str, Any]:
-    """The public JSON result document of a SlideResult."""
-    p = message.provenance
-    provenance: dict[str, Any] = {
-        "parameters": {"merge_radius_um": p.merge_radius_um, "field_diameter_mm": p.field_diameter_mm},
-        "tiles": {
-            "total": p.tiles_total,
-            "with_detections": p.tiles_with_detections,
-            "tile_px": p.tile_px,
-            "overlap_px": p.overlap_px,
-        },
-    }
-    add_model_provenance(provenance, p, list(p.class_names))
-    h = message.hotspot
-    count_per_mm2 = h.count / h.window_area_mm2 if h.window_area_mm2 > 0 else 0.0
-    result: dict[str, Any] = {
-        "format": message.format,
-        "slide": {
-            "name": message.slide.name,
-            "width_px": message.slide.width_px,
-            "height_px": message.slide.height_px,
-            "mpp_um_per_px": message.slide.mpp_um_per_px,
-        },
-        "mitosis_count": message.mitosis_count,
-        "tissue_area_mm2": message.tissue_area_mm2,
-        "density_per_mm2": message.density_per_mm2,
-        "hotspot": {
-            "x_px": h.x_px,
-            "y_px": h.y_px,
-            "width_px": h.width_px,
-            "height_px": h.height_px,
-            "count": h.count,
-            "window_area_mm2": h.window_area_mm2,
-            "tissue_area_mm2": h.tissue_area_mm2,
-            "fields": h.fields,
-            "field_diameter_mm": h.field_diameter_mm,
-            "count_per_mm2": round(count_per_mm2, 4),
-        },
-        "mitotic_score": message.mitotic_score,
-        "atypical_count": message.atypical_count,
-        "atypical_fraction": message.atypical_fraction,
-        "detections": [_detection_document(d) for d in message.detections],
-        "provenance": provenance,
-    }
-    if message.qc_json:
-        result["qc"] = json.loads(message.qc_json)
-    if message.exports:
-        result["exports"] = dict(message.exports)
-    return result
-
-
-def _detection_document(d: pb.SlideDetection) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "id": d.id,
-        "x_px": d.x_px,
-        "y_px": d.y_px,
-        "box_px": list(d.box_px),
-        "score": d.score,
-        "class": d.class_name,
-        "tile_index": d.tile_index,
-    }
-    if d.HasField("mitosis_probability"):
-        doc["mitosis_probability"] = d.mitosis_probability
-        doc["atypical_probability"] = d.atypical_probability
-    return doc

@@ -180,8 +180,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["tiler"],
     )
     async def plan(request: PlanRequest, registry: RegistryDep) -> Response:
-        _, _, planned = await run_in_threadpool(registry.plan, request)
-        return message_response(plan_to_message(planned.plan, planned.tissue, planned.qc.to_dict()))
+        opened, _, planned = await run_in_threadpool(registry.plan, request)
+        info = opened.slide.info
+        mpp_source = "override" if request.mpp_um_per_px is not None else "metadata"
+        return message_response(
+            plan_to_message(planned.plan, planned.tissue, planned.qc.to_dict(), info.vendor, info.backend, mpp_source)
+        )
 
     @app.post(
         "/v1/batch",

@@ -12,15 +12,12 @@ from fastapi.testclient import TestClient
 from services.aggregator.app import Settings, create_app
 from services.aggregator.merge import merge_tile_detections
 from services.aggregator.result import summarise
-from services.common.messages import (
-    detections_to_message,
-    plan_to_message,
-    result_from_message,
-    result_to_message,
-)
+from services.aggregator.schema import SlideResult
+from services.common.messages import detections_to_message, plan_to_message, stats_to_message
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.wire import PROTOBUF_CONTENT_TYPE
 from services.detector.postprocess import TileDetections
+from services.preprocess.reinhard import LabStats
 from services.tiler.grid import plan_tiles
 from services.tiler.tissue import TissueMask
 
@@ -39,7 +36,18 @@ def _case() -> tuple[pb.AggregateRequest, dict[int, TileDetections], object, Tis
         centres = rng.uniform(30, 480, (n, 2)).astype(np.float32)
         boxes = np.concatenate([centres - 25, centres + 25], axis=1)
         per_tile[tile.index] = TileDetections(boxes, rng.uniform(0.3, 1.0, n).astype(np.float32), np.zeros(n, np.int64))
-    request = pb.AggregateRequest(slide_name="case.svs", plan=plan_to_message(plan, tissue), class_names=["mitosis"])
+    qc = {"verdict": "ok", "checks": {}, "thresholds": {}, "excluded": [], "excluded_area_mm2": 0.0}
+    request = pb.AggregateRequest(
+        slide_name="case.svs",
+        plan=plan_to_message(plan, tissue, qc, "aperio", "openslide", "metadata"),
+        class_names=["mitosis"],
+        model=pb.ModelProvenance(
+            name="m", version="1", sha256="ab", backend="triton", input_size_px=512, mpp_um_per_px=0.25
+        ),
+        source_lab=stats_to_message(LabStats.from_dict({"mean": [60, 10, -5], "std": [12, 5, 4]})),
+        target_lab=stats_to_message(LabStats.from_dict({"mean": [65, 12, -8], "std": [14, 6, 5]})),
+        batch_size=150,
+    )
     request.detections.append(
         detections_to_message("case.svs", "m", plan.tiles, [per_tile[t.index] for t in plan.tiles])
     )
@@ -51,8 +59,8 @@ def test_aggregate_over_http_equals_in_process() -> None:
     with TestClient(create_app()) as client:
         response = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert response.status_code == 200, response.text
-        assert response.headers["content-type"] == PROTOBUF_CONTENT_TYPE
-        result = result_from_message(pb.SlideResult.FromString(response.content))
+        assert response.headers["content-type"] == "application/json"
+        result = SlideResult.model_validate_json(response.content).document()
         merged = merge_tile_detections(plan, per_tile, ("mitosis",))  # type: ignore[arg-type]
         summary = summarise(merged, 4096, 4096, 0.25, tissue)
         assert result["mitosis_count"] == summary.mitosis_count == len(merged)
@@ -81,7 +89,7 @@ def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
     with TestClient(create_app(Settings(output_root=tmp_path))) as client:
         response = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
         assert response.status_code == 200, response.text
-        result = result_from_message(pb.SlideResult.FromString(response.content))
+        result = response.json()
         folder = tmp_path / "jobs" / "42"
         assert result["exports"] == {
             name: str(folder / name) for name in ("result.geojson", "result.csv", "result.json")
@@ -92,7 +100,7 @@ def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
         slide_picture = cv2.imencode(".png", np.full((256, 256, 3), 230, np.uint8))[1].tobytes()
         request.output_location, request.slide_png = "jobs/43", slide_picture
         pictured = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
-        exports = result_from_message(pb.SlideResult.FromString(pictured.content))["exports"]
+        exports = pictured.json()["exports"]
         overview = cv2.imread(exports["overview.png"])
         assert overview.shape[1] == 256 and (overview != 230).any()  # the slide's picture, drawn on
         request.slide_png = b"not a png"
@@ -105,19 +113,25 @@ def test_exports_are_written_to_the_output_location(tmp_path: Path) -> None:
         assert not (tmp_path.parent.parent / "elsewhere").exists()
 
 
-def test_the_slide_result_message_carries_the_whole_json_result() -> None:
+def test_the_answer_is_the_typed_result_with_every_provenance_field() -> None:
     from services.aggregator.app import aggregate
-    from services.common.messages import stats_to_message
-    from services.preprocess.reinhard import LabStats
 
     request, _, _, _ = _case()
-    bare = aggregate(request)
-    assert result_from_message(result_to_message(bare)) == bare
-    request.model.CopyFrom(
-        pb.ModelProvenance(name="m", version="1", sha256="ab", backend="triton", input_size_px=512, mpp_um_per_px=0.25)
-    )
-    request.source_lab.CopyFrom(stats_to_message(LabStats.from_dict({"mean": [60, 10, -5], "std": [12, 5, 4]})))
-    request.target_lab.CopyFrom(stats_to_message(LabStats.from_dict({"mean": [65, 12, -8], "std": [14, 6, 5]})))
-    full = {**aggregate(request), "exports": {"result.json": "s3://b/jobs/1/result.json"}}
-    assert full["provenance"]["model"]["name"] == "m" and "normalisation" in full["provenance"]
-    assert json.dumps(result_from_message(result_to_message(full)), sort_keys=True) == json.dumps(full, sort_keys=True)
+    request.mpp_override_um_per_px = 0.25
+    with TestClient(create_app()) as client:
+        answered = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS).json()
+    assert answered == aggregate(request).document()
+    provenance = answered["provenance"]
+    assert provenance["model"]["name"] == "m" and provenance["normalisation"]["method"] == "reinhard"
+    assert provenance["parameters"]["mpp_override_um_per_px"] == 0.25 and provenance["parameters"]["batch_size"] == 150
+    assert provenance["code_version"] and answered["slide"]["vendor"] == "aperio" and answered["qc"]["verdict"] == "ok"
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "SlideResult" in schema and "qc" in schema["SlideResult"]["properties"]
+
+
+def test_a_request_without_provenance_is_refused() -> None:
+    request, _, _, _ = _case()
+    request.ClearField("model")
+    with TestClient(create_app()) as client:
+        refused = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS)
+    assert refused.status_code == 400 and "model" in refused.json()["message"]

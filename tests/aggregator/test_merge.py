@@ -86,7 +86,7 @@ def test_detections_map_to_level0_with_the_slide_resolution() -> None:
 
 
 def test_second_stage_probabilities_and_atypical_figures_reach_the_result() -> None:
-    from services.aggregator.result import result_document, summarise
+    from services.aggregator.result import _detection, summarise
 
     plan = _plan()
     boxes = np.array([[200, 200, 250, 250], [300, 300, 350, 350]], np.float32)
@@ -105,9 +105,8 @@ def test_second_stage_probabilities_and_atypical_figures_reach_the_result() -> N
     tissue = TissueMask(np.ones((64, 64), bool), 2048 / 64, 0.25)
     summary = summarise(merged, 2048, 2048, 0.25, tissue)
     assert summary.mitosis_count == 2 and summary.atypical_count == 1 and summary.atypical_fraction == 0.5
-    doc = result_document({"name": "s"}, summary, merged, {})
-    assert doc["atypical_count"] == 1 and doc["atypical_fraction"] == 0.5
-    assert doc["detections"][1]["atypical_probability"] == pytest.approx(0.7)
+    assert _detection(2, merged[1]).atypical_probability == pytest.approx(0.7)
+    assert _detection(2, merged[1]).model_dump(by_alias=True)["class"] == "atypical_mitosis"
     without = summarise(
         merge_tile_detections(plan, {0: TileDetections(boxes, np.array([0.9, 0.8], np.float32), np.zeros(2))}, CLASSES),
         2048,
