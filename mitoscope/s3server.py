@@ -21,9 +21,8 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
-from services.common.process import LOOPBACK, ManagedProcess, free_ports
+from services.common.process import LOOPBACK, ManagedProcess, OneProcessServer, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def find_weed() -> Path:
     )
 
 
-class SeaweedS3:
+class SeaweedS3(OneProcessServer):
     """Context manager running `weed mini` with one admin S3 identity; see the module docstring."""
 
     def __init__(self, tmp_dir: Path, start_timeout_s: float = START_TIMEOUT_S) -> None:
@@ -85,15 +84,6 @@ class SeaweedS3:
         self._socket_dir: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> SeaweedS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         data_dir = self.tmp_dir / "data"
@@ -176,8 +166,7 @@ class SeaweedS3:
         return True
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
+        super().stop()
         self._clean_up()
 
     def _clean_up(self) -> None:
@@ -185,14 +174,6 @@ class SeaweedS3:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def poll(self) -> int | None:
-        """None while weed runs; its exit code (0 when never started) otherwise."""
-        return self._process.poll() if self._process is not None else 0
 
     @property
     def temp_socket_dir(self) -> Path | None:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,37 @@ class ManagedProcess:
             return ""
 
     def __enter__(self) -> ManagedProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class OneProcessServer:
+    """What a server built on one `ManagedProcess` shares: its pid, `poll`, `stop` and use as a
+    context manager. Subclasses set `self._process` in `start`."""
+
+    _process: ManagedProcess | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def poll(self) -> int | None:
+        """None while the server runs; its exit code (0 when never started) otherwise."""
+        return self._process.poll() if self._process is not None else 0
+
+    def __enter__(self) -> Self:
         self.start()
         return self
 

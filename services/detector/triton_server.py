@@ -13,9 +13,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from services.common.process import ManagedProcess, ProcessStartError, free_port
+from services.common.process import ManagedProcess, OneProcessServer, ProcessStartError, free_port
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class TritonInstall:
         return target
 
 
-class TritonServer:
+class TritonServer(OneProcessServer):
     """A tritonserver process on loopback; use as a context manager."""
 
     def __init__(
@@ -87,14 +86,6 @@ class TritonServer:
         self.log_path = log_path or cache_dir / "tritonserver.log"
         self.start_timeout_s = start_timeout_s
         self._process: ManagedProcess | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def poll(self) -> int | None:
-        """None while the server runs; its exit code (0 when never started) otherwise."""
-        return self._process.poll() if self._process is not None else 0
 
     @property
     def grpc_url(self) -> str:
@@ -148,16 +139,3 @@ class TritonServer:
                 return bool(client.is_server_ready(client_timeout=READY_PROBE_TIMEOUT_S))
             except InferenceServerException:  # not listening yet
                 return False
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-
-    def __enter__(self) -> TritonServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
