@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,21 @@ TRITON_VENV = REPO_ROOT / ".venv-triton"
 
 # The end-to-end slide: 1 mm x 1 mm at 0.25 µm/px, dense enough in mitoses to measure recall.
 E2E_PARAMS = SynthParams(width_px=4096, height_px=4096, seed=20261129, mitoses_per_mm2=24.0)
+
+
+CLI_TIMEOUT_S = 120
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m mitoscope.cli ARGS` as a user runs it, wide enough that no line wraps."""
+    return subprocess.run(
+        [sys.executable, "-m", "mitoscope.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        cwd=REPO_ROOT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
 
 
 def shared_file(relative: str) -> Path:

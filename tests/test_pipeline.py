@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from services.detector.backends import OnnxRuntimeBackend, TritonBackend
 from services.detector.detector import ModelDetector
 from services.detector.model import DEFAULT_MODEL_NAME
 from services.detector.triton_server import TritonServer, free_port
-from tests.conftest import MODEL_PATH, REPO_ROOT
+from tests.conftest import MODEL_PATH, run_cli
 
 # Stated tolerances for the shipped model on the unseen end-to-end slide (see README).
 MIN_RECALL = 0.8
@@ -159,17 +157,6 @@ def test_triton_backend_gives_the_same_result(
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-3)
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mitoscope.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
-
-
 def _assert_refused(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
     assert proc.returncode == code, proc.stderr
     message = proc.stderr.strip()
@@ -183,24 +170,24 @@ def test_cli_refuses_bad_input_without_leaving_outputs(tmp_path: Path, small_sli
     not_a_slide = tmp_path / "notes.svs"
     not_a_slide.write_text("not a slide\n")
     out = tmp_path / "out"
-    _assert_refused(_cli("score", str(not_a_slide), "--out", str(out)), 2, "notes.svs", "not a whole-slide image")
-    _assert_refused(_cli("score", str(tmp_path / "missing.svs"), "--out", str(out)), 2, "missing.svs")
+    _assert_refused(run_cli("score", str(not_a_slide), "--out", str(out)), 2, "notes.svs", "not a whole-slide image")
+    _assert_refused(run_cli("score", str(tmp_path / "missing.svs"), "--out", str(out)), 2, "missing.svs")
     _assert_refused(
-        _cli("score", str(small_slide), "--out", str(out), "--model", "no_such_model"),
+        run_cli("score", str(small_slide), "--out", str(out), "--model", "no_such_model"),
         2,
         "unknown model 'no_such_model'",
     )
     _assert_refused(
-        _cli("score", str(small_slide), "--out", str(out), "--field-diameter-mm", "0.52"), 2, "field diameter"
+        run_cli("score", str(small_slide), "--out", str(out), "--field-diameter-mm", "0.52"), 2, "field diameter"
     )
     no_mpp = tmp_path / "no-mpp.tif"
     import tifffile
 
     tifffile.imwrite(no_mpp, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")
-    _assert_refused(_cli("score", str(no_mpp), "--out", str(out)), 2, "no-mpp.tif", "--mpp")
+    _assert_refused(run_cli("score", str(no_mpp), "--out", str(out)), 2, "no-mpp.tif", "--mpp")
     port = free_port()
     _assert_refused(
-        _cli(
+        run_cli(
             "score",
             "s3://slides/a.svs",
             "--out",
@@ -224,7 +211,7 @@ def test_damaged_slide_fails_and_keeps_the_earlier_result(tmp_path: Path) -> Non
     start, end = int(len(data) * 0.2), int(len(data) * 0.4)
     data[start:end] = bytes(end - start)  # zero out part of level 0's tile data
     slide.write_bytes(bytes(data))
-    _assert_refused(_cli("score", str(slide), "--threads", "1"), 2, "damaged.svs", "damaged")
+    _assert_refused(run_cli("score", str(slide), "--threads", "1"), 2, "damaged.svs", "damaged")
     assert json.loads((out / "result.json").read_text()) == {"earlier": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "damaged.svs",
@@ -235,17 +222,17 @@ def test_damaged_slide_fails_and_keeps_the_earlier_result(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_cli_scores_and_prints_a_summary(small_slide: Path, tmp_path: Path) -> None:
-    proc = _cli("score", str(small_slide), "--out", str(tmp_path / "r"), "--threads", "1", "--gallery")
+    proc = run_cli("score", str(small_slide), "--out", str(tmp_path / "r"), "--threads", "1", "--gallery")
     assert proc.returncode == 0, proc.stderr
     assert "Nottingham mitotic score" in proc.stdout and "tiles" in proc.stderr
     assert (tmp_path / "r" / "gallery.png").is_file()
 
 
 def test_cli_help_explains_every_command() -> None:
-    proc = _cli("--help")
+    proc = run_cli("--help")
     assert proc.returncode == 0
     for command in ("score", "synth", "demo"):
         assert command in proc.stdout
-    score_help = _cli("score", "--help").stdout
+    score_help = run_cli("score", "--help").stdout
     for option in ("--mpp", "--backend", "--model", "--out", "--field-diameter-mm"):
         assert option in score_help

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
@@ -34,9 +33,14 @@ from services.detector.classifier import NO_CLASSIFIER, TwoStageDetector
 from services.detector.detector import Detector, open_detector
 from services.detector.model import DEFAULT_CLASSIFIER_NAME
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
-from training.evaluate_tissue import atypical_balanced_accuracy, calls_per_mm2, false_calls_on_lookalikes
+from training.evaluate_tissue import (
+    atypical_balanced_accuracy,
+    calls_per_mm2,
+    false_calls_on_lookalikes,
+    held_out_amibr,
+)
 from training.mosaic import pack
-from training.yolo_dataset import CROP_PX, load_rgb, read_amibr, split_slides
+from training.yolo_dataset import CROP_PX, load_rgb
 
 EVAL_SEEDS = (900_001, 900_002, 900_003)  # never used by training (training uses 10_000 + ...)
 MPP_UM_PER_PX = 0.25
@@ -69,17 +73,11 @@ def evaluate_synthetic(detector: Detector, size_px: int, threshold: float | None
     return rows
 
 
-def evaluate_amibr(detector: Detector, amibr: Path, threshold: float | None, seed: int = 0) -> MatchCounts:
-    crops = read_amibr(amibr)
-    split_of = split_slides([c.source_slide for c in crops], seed, 0.15, 0.1)  # the training split
+def evaluate_amibr(detector: Detector, amibr: Path, threshold: float | None) -> MatchCounts:
     target = LabStats.from_dict(detector.info.reinhard_target_lab)
-    by_slide = defaultdict(list)
-    for crop in crops:
-        if split_of[crop.source_slide] == "test":
-            by_slide[crop.source_slide].append(crop)
     total = MatchCounts(0, 0, 0)
     per_row = TILE_PX // CROP_PX
-    for crops in by_slide.values():
+    for crops in held_out_amibr(amibr).values():
         images = [load_rgb(c.path) for c in crops]
         normalise = ReinhardNormaliser(stats_from_images(images), target)
         for start in range(0, len(crops), per_row * per_row):

@@ -37,7 +37,7 @@ from training.classifier_data import (
     consep_labels,
     resample,
 )
-from training.yolo_dataset import load_rgb, read_amibr, split_slides
+from training.yolo_dataset import Crop, load_rgb, read_amibr, split_slides
 
 MATCH_RADIUS_PX = 7.5 / 0.25
 TILE_PX = 512
@@ -145,17 +145,23 @@ def calls_per_mm2(detector: Detector, slide: Path, threshold: float | None = Non
     }
 
 
-def atypical_balanced_accuracy(classifier: CropClassifier, amibr: Path, seed: int = 0) -> dict[str, float]:
-    """The classifier's atypical call on every listed figure of the held-out AMi-Br source slides."""
+def held_out_amibr(amibr: Path, seed: int = 0) -> dict[str, list[Crop]]:
+    """The AMi-Br crops of the source slides every training here held out, by slide (the seeded
+    split `training.yolo_dataset` and the classifier's sample set both use)."""
     crops = read_amibr(amibr)
-    split_of = split_slides([c.source_slide for c in crops], seed, 0.15, 0.1)  # the training split
-    target = LabStats.from_dict(classifier.info.reinhard_target_lab)
-    by_slide = defaultdict(list)
+    split_of = split_slides([c.source_slide for c in crops], seed, 0.15, 0.1)
+    by_slide: dict[str, list[Crop]] = defaultdict(list)
     for crop in crops:
         if split_of[crop.source_slide] == "test":
             by_slide[crop.source_slide].append(crop)
+    return dict(by_slide)
+
+
+def atypical_balanced_accuracy(classifier: CropClassifier, amibr: Path) -> dict[str, float]:
+    """The classifier's atypical call on every listed figure of the held-out AMi-Br source slides."""
+    target = LabStats.from_dict(classifier.info.reinhard_target_lab)
     predicted, truth = [], []
-    for members in by_slide.values():
+    for members in held_out_amibr(amibr).values():
         images = [load_rgb(c.path) for c in members]
         normalise = ReinhardNormaliser(stats_from_images(images), target)
         probabilities = classifier.classify_images([normalise(im) for im in images])

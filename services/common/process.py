@@ -78,7 +78,26 @@ def kill_group(pgid: int) -> None:
         pass
 
 
-class ManagedProcess:
+class StartedInWith:
+    """`with thing:` starts it and stops it, whatever happens inside."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ManagedProcess(StartedInWith):
     """One child process; `start` returns once `ready()` is true. Use as a context manager.
 
     `ready` is called every READY_POLL_S seconds while the child runs; it returns False (not
@@ -184,24 +203,12 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> ManagedProcess:
-        self.start()
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-class OneProcessServer:
+class OneProcessServer(StartedInWith):
     """What a server built on one `ManagedProcess` shares: its pid, `poll`, `stop` and use as a
     context manager. Subclasses set `self._process` in `start`."""
 
     _process: ManagedProcess | None = None
-
-    def start(self) -> None:
-        raise NotImplementedError
 
     def stop(self) -> None:
         if self._process is not None:
@@ -214,12 +221,3 @@ class OneProcessServer:
     def poll(self) -> int | None:
         """None while the server runs; its exit code (0 when never started) otherwise."""
         return self._process.poll() if self._process is not None else 0
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

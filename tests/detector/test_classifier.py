@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -22,7 +19,7 @@ from services.detector.detector import ModelDetector, open_detector
 from services.detector.errors import ModelError
 from services.detector.model import DEFAULT_CLASSIFIER_NAME
 from services.detector.triton_server import TritonServer
-from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, REPO_ROOT
+from tests.conftest import MODEL_PATH, MODEL_REPOSITORY, run_cli
 
 CLASSIFIER_PATH = MODEL_REPOSITORY / DEFAULT_CLASSIFIER_NAME / "1" / "model.onnx"
 
@@ -99,17 +96,6 @@ def test_two_stage_pipeline_still_finds_the_planted_mitoses(e2e_slide: Path, tmp
     assert names <= {"Mitosis", "Atypical mitosis", "Hotspot"}
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mitoscope.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
-
-
 def test_classify_prints_one_json_object_per_image(e2e_tiles: np.ndarray, tmp_path: Path) -> None:
     paths = []
     for i, tile in enumerate(e2e_tiles[:2]):
@@ -117,14 +103,14 @@ def test_classify_prints_one_json_object_per_image(e2e_tiles: np.ndarray, tmp_pa
         cv2.imwrite(str(paths[-1]), cv2.cvtColor(tile[176:336, 176:336], cv2.COLOR_RGB2BGR))
     half = tmp_path / "half-resolution.png"  # the same figure at 0.5 µm/px
     cv2.imwrite(str(half), cv2.resize(cv2.imread(str(paths[0])), (80, 80), interpolation=cv2.INTER_AREA))
-    proc = _cli("classify", *map(str, paths), "--json")
+    proc = run_cli("classify", *map(str, paths), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in paths]
     for row in rows:
         assert set(row) == {"path", "mitosis_probability", "atypical_probability", "call"}
         assert 0 <= row["mitosis_probability"] <= 1 and 0 <= row["atypical_probability"] <= 1
-    resampled = _cli("classify", str(half), "--mpp", "0.5", "--json")
+    resampled = run_cli("classify", str(half), "--mpp", "0.5", "--json")
     assert resampled.returncode == 0, resampled.stderr
     assert json.loads(resampled.stdout)["mitosis_probability"] == pytest.approx(
         rows[0]["mitosis_probability"], abs=0.25
@@ -134,17 +120,17 @@ def test_classify_prints_one_json_object_per_image(e2e_tiles: np.ndarray, tmp_pa
 def test_classify_refuses_what_is_not_an_image(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.png"
     bogus.write_text("not an image")
-    proc = _cli("classify", str(bogus))
+    proc = run_cli("classify", str(bogus))
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "notes.png" in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["yolo", "frcnn", "classifier"])
 def test_training_help_works_without_the_training_venv(command: str, tmp_path: Path) -> None:
-    proc = _cli("train", command, "--help", env={"MITOSCOPE_TRAIN_VENV": str(tmp_path / "absent")})
+    proc = run_cli("train", command, "--help", env={"MITOSCOPE_TRAIN_VENV": str(tmp_path / "absent")})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: mitoscope train {command}")
-    refused = _cli("train", command, env={"MITOSCOPE_TRAIN_VENV": str(tmp_path / "absent")})
+    refused = run_cli("train", command, env={"MITOSCOPE_TRAIN_VENV": str(tmp_path / "absent")})
     assert refused.returncode == 2 and "make train-venv" in refused.stderr
 
 
@@ -168,7 +154,7 @@ def test_a_dicom_folder_is_scored_with_both_stages(tmp_path: Path) -> None:
 
     image = synthesize(SynthParams(width_px=2048, height_px=2048, seed=77, tissue_fraction=0.8, mitoses_per_mm2=40.0))
     _write_dicom_series(tmp_path / "case-dicom", image.rgb, "YBR_FULL_422")
-    proc = _cli("score", str(tmp_path / "case-dicom"), "--out", str(tmp_path / "out"))
+    proc = run_cli("score", str(tmp_path / "case-dicom"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["slide"]["reader"] == "openslide" and result["slide"]["vendor"] == "dicom"
