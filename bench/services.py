@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 
 from mitoscope.pipeline import ScoreOptions, score_slide
+from mitoscope.slide_files import make_slide
 from mitoscope.stack import pipeline_services
-from mitoscope.synth import SynthParams, make_slide
+from mitoscope.synth import SynthParams
 from services.common.files import REPO_ROOT
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.detector import ModelDetector

@@ -25,7 +25,8 @@ import numpy as np
 import openslide
 
 from mitoscope.pipeline import ScoreOptions, prepare_slide
-from mitoscope.synth import SynthParams, make_slide
+from mitoscope.slide_files import make_slide
+from mitoscope.synth import SynthParams
 from services.tiler.grid import TilePlan
 from services.tiler.reader import ReadGeometry, read_batches
 from services.tiler.slide import Slide

@@ -5,6 +5,10 @@ process, restarts one that exits, and writes `.cache/stack/stack.json` (pids and
 `mitoscope down` asks it to stop them all. Every process binds loopback on a free port; logs go
 to `.cache/stack/*.log`. With `s3=True` a SeaweedFS S3 server is started first: uploads go to its
 `mitoscope` bucket and every service reads and writes `s3://` locations there.
+
+One module, past 350 lines on purpose: the supervisor (which writes `stack.json` and owns the
+children) and the `Stack` handle (which reads that file and checks the pids it names) are the
+two ends of one small protocol; split apart, each would import half of the other.
 """
 
 from __future__ import annotations

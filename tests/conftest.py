@@ -13,7 +13,8 @@ import numpy as np
 import openslide
 import pytest
 
-from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from mitoscope.slide_files import make_slide, truth_path_for
+from mitoscope.synth import SynthParams
 from services.common.files import REPO_ROOT
 from services.detector.backends import OnnxRuntimeBackend
 from services.detector.triton_server import TritonServer

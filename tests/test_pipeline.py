@@ -15,7 +15,8 @@ import pytest
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from mitoscope.slide_files import make_slide, truth_path_for
+from mitoscope.synth import SynthParams
 from services.aggregator.exports import CSV_COLUMNS
 from services.detector.backends import OnnxRuntimeBackend, TritonBackend
 from services.detector.detector import ModelDetector

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, MatchCounts, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.synth import SynthParams, make_slide, truth_path_for
+from mitoscope.slide_files import make_slide, truth_path_for
+from mitoscope.synth import SynthParams
 from services.common.files import REPO_ROOT
 from services.detector.classifier import NO_CLASSIFIER, TwoStageDetector
 from services.detector.detector import Detector, open_detector

@@ -26,8 +26,9 @@ def demo(
     each slide to the gateway, follows the job's progress, downloads the exports and stops the
     stack. Scores in-process with ONNX Runtime, saying so, when the stack cannot start.
     """
+    from mitoscope.slide_files import make_slide, truth_path_for
     from mitoscope.stack import Stack, StackError
-    from mitoscope.synth import SynthParams, make_slide, truth_path_for
+    from mitoscope.synth import SynthParams
     from services.common.files import REPO_ROOT
 
     slide = out / "synthetic.svs"
@@ -98,7 +99,7 @@ def _compare_with_truth(path: Path, result: dict[str, Any]) -> None:
     import json
 
     from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
-    from mitoscope.synth import truth_path_for
+    from mitoscope.slide_files import truth_path_for
 
     truth_path = truth_path_for(path)
     if truth_path.exists():

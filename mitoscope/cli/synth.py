@@ -21,7 +21,8 @@ def synth(
     """Write a synthetic H&E slide with planted mitoses and look-alikes, plus its ground truth."""
     import json
 
-    from mitoscope.synth import SynthParams, make_slide
+    from mitoscope.slide_files import make_slide
+    from mitoscope.synth import SynthParams
 
     params = SynthParams(
         width_px=width, height_px=height, seed=seed, mpp_um_per_px=mpp, mitoses_per_mm2=mitoses_per_mm2

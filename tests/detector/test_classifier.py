@@ -11,7 +11,7 @@ import pytest
 
 from mitoscope.evaluation import MIDOG_MATCH_RADIUS_UM, match_points
 from mitoscope.pipeline import ScoreOptions, score_slide
-from mitoscope.synth import truth_path_for
+from mitoscope.slide_files import truth_path_for
 from services.aggregator.merge import ATYPICAL_CLASS, MITOSIS_CLASS
 from services.detector.backends import OnnxRuntimeBackend, TritonBackend
 from services.detector.classifier import CropClassifier, TwoStageDetector, crops_around

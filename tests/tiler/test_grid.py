@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mitoscope.pipeline import ScoreOptions, prepare_slide
-from mitoscope.synth import truth_path_for
+from mitoscope.slide_files import truth_path_for
 from services.aggregator.merge import owned_bounds
 from services.tiler.grid import plan_tiles
 from services.tiler.reader import ReadGeometry, read_batches, read_tile

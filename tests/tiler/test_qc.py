@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mitoscope.synth import SynthParams, synthesize, write_slide
+from mitoscope.slide_files import write_slide
+from mitoscope.synth import SynthParams, synthesize
 from services.tiler import planning
 from services.tiler.errors import (
     ImplausibleColoursError,

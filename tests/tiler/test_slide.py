@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from mitoscope.synth import SynthParams, make_slide
+from mitoscope.slide_files import make_slide
+from mitoscope.synth import SynthParams
 from services.tiler.errors import MissingMppError, SlideDimensionsError, SlideOpenError
 from services.tiler.slide import open_slide, resolve_mpp
 from tests.conftest import shared_file

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from mitoscope.s3server import SeaweedS3
-from mitoscope.synth import SynthParams, make_slide
+from mitoscope.slide_files import make_slide
+from mitoscope.synth import SynthParams
 from services.detector.triton_server import free_port
 from services.tiler.errors import SlideNotFoundError, StorageRefusedError, StorageUnavailableError
 from services.tiler.slide import open_slide
