@@ -12,6 +12,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -61,9 +63,19 @@ def message_response(message: Message) -> Response:
 
 
 def add_common_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ContentTypeError, _handler(415, "unsupported_media_type"))
     app.add_exception_handler(BodyTooLargeError, _handler(413, "body_too_large"))
     app.add_exception_handler(MessageError, _handler(400, "malformed_message"))
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's validation errors in the documented shape: the code, one readable line per problem,
+    and the problems themselves under `fields` for machines."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors)
+    body = {"error": "invalid_request", "message": problems or str(exc), "fields": jsonable_encoder(errors)}
+    return JSONResponse(body, status_code=422)
 
 
 def _handler(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

@@ -1,0 +1,24 @@
+"""The shared web layer: every service and the gateway answer errors as {"error", "message"}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from services.gateway.app import create_app as gateway_app
+from services.gateway.settings import Settings as GatewaySettings
+from services.tiler.app import create_app as tiler_app
+
+
+def test_validation_errors_use_the_documented_shape(tmp_path: Path) -> None:
+    with TestClient(tiler_app()) as tiler:
+        answer = tiler.post("/v1/plan", json={"location": 42, "tile_px": "wide"})
+    assert answer.status_code == 422
+    body = answer.json()
+    assert body["error"] == "invalid_request" and "tile_px" in body["message"]
+    assert {tuple(f["loc"]) for f in body["fields"]} >= {("body", "tile_px")}
+    settings = GatewaySettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", worker_threads=0)
+    with TestClient(gateway_app(settings)) as gateway:
+        listed = gateway.get("/v1/jobs", params={"state": "done"})
+    assert listed.status_code == 422 and listed.json()["error"] == "invalid_request"
