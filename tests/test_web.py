@@ -22,3 +22,17 @@ def test_validation_errors_use_the_documented_shape(tmp_path: Path) -> None:
     with TestClient(gateway_app(settings)) as gateway:
         listed = gateway.get("/v1/jobs", params={"state": "done"})
     assert listed.status_code == 422 and listed.json()["error"] == "invalid_request"
+
+
+def test_tiler_refuses_impossible_geometry_with_422_not_500() -> None:
+    with TestClient(tiler_app()) as tiler:
+        for bad in (
+            {"location": "a.svs", "tile_px": 0},
+            {"location": "a.svs", "model_mpp_um_per_px": 0},
+            {"location": "a.svs", "mpp_um_per_px": 1e300},
+            {"location": "a.svs", "tile_px": 256, "overlap_px": 256},
+            {"location": "a\x00.svs"},
+            {"location": "x" * 5000},
+        ):
+            answer = tiler.post("/v1/plan", json=bad)
+            assert answer.status_code == 422 and answer.json()["error"] == "invalid_request", (bad, answer.text)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common import objectstore
@@ -56,12 +56,29 @@ class Settings(BaseSettings):
     open_slides: int = 8
 
 
+MAX_LOCATION_CHARS = 1024
+MAX_MPP_UM_PER_PX = 10.0  # coarser than any scanner's level 0
+MIN_TILE_PX, MAX_TILE_PX = 64, 4096
+
+
 class PlanRequest(BaseModel):
-    location: str = Field(description="path under the slide root, or s3://bucket/key")
-    mpp_um_per_px: float | None = Field(default=None, description="only for slides without MPP metadata")
-    model_mpp_um_per_px: float = 0.25
-    tile_px: int = DEFAULT_TILE_PX
-    overlap_px: int = DEFAULT_OVERLAP_PX
+    location: str = Field(
+        min_length=1, max_length=MAX_LOCATION_CHARS, description="path under the slide root, or s3://bucket/key"
+    )
+    mpp_um_per_px: float | None = Field(
+        default=None, gt=0, le=MAX_MPP_UM_PER_PX, description="only for slides without MPP metadata"
+    )
+    model_mpp_um_per_px: float = Field(default=0.25, gt=0, le=MAX_MPP_UM_PER_PX)
+    tile_px: int = Field(default=DEFAULT_TILE_PX, ge=MIN_TILE_PX, le=MAX_TILE_PX)
+    overlap_px: int = Field(default=DEFAULT_OVERLAP_PX, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_inside_the_tile(self) -> PlanRequest:
+        if self.overlap_px >= self.tile_px:
+            raise ValueError(f"overlap_px ({self.overlap_px}) must be smaller than tile_px ({self.tile_px})")
+        if "\x00" in self.location:
+            raise ValueError("location must not contain a NUL character")
+        return self
 
 
 class BatchRequest(PlanRequest):
