@@ -36,3 +36,21 @@ def test_tiler_refuses_impossible_geometry_with_422_not_500() -> None:
         ):
             answer = tiler.post("/v1/plan", json=bad)
             assert answer.status_code == 422 and answer.json()["error"] == "invalid_request", (bad, answer.text)
+
+
+def test_gateway_refuses_bad_job_options_at_submit(tmp_path: Path) -> None:
+    settings = GatewaySettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}", worker_threads=0)
+    with TestClient(gateway_app(settings)) as gateway:
+        for body in (
+            {"slide_id": "s", "options": {"field_diameter_mm": 0.52}},  # not in the CAP table
+            {"slide_id": "s", "options": {"field_diameter_mm": 1e300}},
+            {"slide_id": "s", "model": "m" * 300},
+            {"slide_id": "s", "model": "yolo\x00"},
+            {"slide_id": "s", "model": "../etc/passwd"},
+            {"slide_id": "s", "options": {"output_location": "jobs/\x00"}},
+        ):
+            answer = gateway.post("/v1/jobs", json=body)
+            assert answer.status_code == 422 and answer.json()["error"] == "invalid_request", (body, answer.text)
+        for location in ("slides/\x00.svs", "x" * 5000):  # registration parses its body itself: 400
+            answer = gateway.post("/v1/slides", json={"location": location})
+            assert answer.status_code == 400 and "location" in answer.json()["message"], answer.text
