@@ -49,7 +49,6 @@ from training.samples import (
     far_from,
     onnx_candidate_finder,
     resample,
-    scanned_at_20x,
     window,
 )
 from training.yolo_dataset import load_rgb, read_amibr, split_slides
@@ -81,11 +80,8 @@ def add_amibr(builder: Builder, amibr_dir: Path, seed: int) -> dict[str, str]:
         for crop, raw in zip(members, images, strict=True):
             rgb = builder.normalise(raw, stats)
             rel = str(crop.path.relative_to(amibr_dir))
-            as_20x = scanned_at_20x(rgb) if builder.finder else None
             for x, y in crop.points:
                 builder.positive(rgb, x, y, int(atypical_of[(rel, x, y)]), split, "amibr", slide)
-                if as_20x is not None and split == "train":  # as many 20x-looking positives as mined negatives
-                    builder.positive(as_20x, x, y, int(atypical_of[(rel, x, y)]), split, "amibr20x", slide)
             # In-domain negatives: nuclei of the same crop, well away from every listed figure.
             avoid_px = NEGATIVE_MIN_DISTANCE_UM / MPP_UM_PER_PX
             blobs = far_from(dark_blobs(rgb), list(crop.points), avoid_px)
@@ -141,7 +137,7 @@ def add_nucls(builder: Builder, nucls_dir: Path) -> None:
         builder.negatives(rgb, look_alikes, tumour, avoid_px, split, "nucls", group, with_blobs=False)
 
 
-def _icpr_mitoses(csv_path: Path, factor: float) -> list[tuple[float, float, float]]:
+def icpr_mitoses(csv_path: Path, factor: float) -> list[tuple[float, float, float]]:
     """Centre and radius (resampled pixels) of each listed mitosis."""
     out = []
     for line in csv_path.read_text().splitlines():
@@ -160,7 +156,7 @@ def add_icpr(builder: Builder, icpr_dir: Path) -> None:
         split = "train" if image_path.stem.endswith("_01") else "val"
         rgb, factor = resample(load_rgb(image_path), ICPR_MPP)
         rgb = builder.normalise(rgb)
-        mitoses = _icpr_mitoses(image_path.with_suffix(".csv"), factor)
+        mitoses = icpr_mitoses(image_path.with_suffix(".csv"), factor)
         margin_px = ICPR_MARGIN_UM / MPP_UM_PER_PX + max((r for _, _, r in mitoses), default=0.0)
         avoid = [(x, y) for x, y, _ in mitoses]
         builder.negatives(rgb, [], avoid, margin_px, split, "icpr12", f"icpr12/{image_path.stem}")

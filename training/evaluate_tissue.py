@@ -51,17 +51,20 @@ class LabelledImage:
     uncertain: list[tuple[float, float]]  # epithelial / tumour nuclei: may be mitoses
 
 
-def held_out_lookalike_images(shared_data: Path) -> Iterator[tuple[str, list[LabelledImage]]]:
-    """(source, images) of one source image at a time, so statistics are per source image."""
+def lookalike_images(shared_data: Path, split: str = "test") -> Iterator[tuple[str, list[LabelledImage]]]:
+    """(source, images) of one source image at a time, so statistics are per source image; `split`
+    is "test" (the published test images) or "val" (the images the classifier validates on)."""
     consep = shared_data / "consep"
     by_source: dict[str, list[Path]] = defaultdict(list)
-    for path in sorted((consep / "images" / "test").glob("*.jpg")):
-        by_source["_".join(path.stem.split("_")[:2])].append(path)
+    for path in sorted((consep / "images" / ("test" if split == "test" else "train")).glob("*.jpg")):
+        number = int(path.stem.split("_")[1])
+        if split == "test" or number % 5 == 0:  # as classifier_data.add_consep splits
+            by_source["_".join(path.stem.split("_")[:2])].append(path)
     for source, paths in sorted(by_source.items()):
         images = []
         for path in paths:
             rgb, factor = resample(load_rgb(path), CONSEP_MPP)
-            centroids, types = consep_labels(consep / "type_mat" / "test" / f"{path.stem}.mat")
+            centroids, types = consep_labels(consep / "type_mat" / path.parent.name / f"{path.stem}.mat")
             points = [
                 ((float(x) * factor, float(y) * factor), int(t)) for (x, y), t in zip(centroids, types, strict=True)
             ]
@@ -74,7 +77,10 @@ def held_out_lookalike_images(shared_data: Path) -> Iterator[tuple[str, list[Lab
                 )
             )
         yield "consep", images
-    for path in sorted((shared_data / "nucls" / "test" / "images").glob("*.png")):
+    nucls = sorted((shared_data / "nucls" / "test" / "images").glob("*.png"))
+    if split != "test":  # as classifier_data.add_nucls splits
+        nucls = [shared_data / "nucls" / "train" / "images" / f"{name}.png" for name in ("train_9", "train_10")]
+    for path in nucls:
         rgb, factor = resample(load_rgb(path), NUCLS_MPP)
         rows = [r for r in csv.reader((path.parent.parent / "labels" / f"{path.stem}.csv").open()) if r]
         points = [((float(r[0]) * factor, float(r[1]) * factor), int(r[2])) for r in rows]
@@ -91,7 +97,9 @@ def held_out_lookalike_images(shared_data: Path) -> Iterator[tuple[str, list[Lab
         )
 
 
-def _calls(detector: Detector, rgb: npt.NDArray[np.uint8], threshold: float | None) -> list[tuple[float, float]]:
+def calls_on_image(
+    detector: Detector, rgb: npt.NDArray[np.uint8], threshold: float | None
+) -> list[tuple[float, float]]:
     """Call centres on an image of any size, tile by tile (reflect-padded to whole tiles)."""
     import cv2
 
@@ -110,19 +118,19 @@ def _calls(detector: Detector, rgb: npt.NDArray[np.uint8], threshold: float | No
 
 
 def false_calls_on_lookalikes(
-    detector: Detector, shared_data: Path, threshold: float | None = None
+    detector: Detector, shared_data: Path, threshold: float | None = None, split: str = "test"
 ) -> dict[str, dict[str, float]]:
     """Per data set: look-alike nuclei, false calls, calls left out, and false calls per 100."""
     target = LabStats.from_dict(detector.info.reinhard_target_lab)
     totals: dict[str, dict[str, float]] = defaultdict(lambda: {"look_alikes": 0, "false_calls": 0, "left_out": 0})
-    for source, images in held_out_lookalike_images(shared_data):
+    for source, images in lookalike_images(shared_data, split):
         normalise = ReinhardNormaliser(stats_from_images([im.rgb for im in images]), target)
         for image in images:
             labelled = [(p, True) for p in image.look_alikes] + [(p, False) for p in image.uncertain]
             coords = np.array([p for p, _ in labelled], np.float64).reshape(-1, 2)
             entry = totals[source]
             entry["look_alikes"] += len(image.look_alikes)
-            for x, y in _calls(detector, normalise(image.rgb), threshold):
+            for x, y in calls_on_image(detector, normalise(image.rgb), threshold):
                 distance = np.hypot(coords[:, 0] - x, coords[:, 1] - y) if len(coords) else np.array([np.inf])
                 nearest = int(np.argmin(distance))
                 if distance[nearest] <= MATCH_RADIUS_PX and not labelled[nearest][1]:
@@ -145,14 +153,14 @@ def calls_per_mm2(detector: Detector, slide: Path, threshold: float | None = Non
     }
 
 
-def held_out_amibr(amibr: Path, seed: int = 0) -> dict[str, list[Crop]]:
-    """The AMi-Br crops of the source slides every training here held out, by slide (the seeded
-    split `training.yolo_dataset` and the classifier's sample set both use)."""
+def held_out_amibr(amibr: Path, seed: int = 0, split: str = "test") -> dict[str, list[Crop]]:
+    """The AMi-Br crops of the source slides every training here held out ("test") or validates on
+    ("val"), by slide (the seeded split `training.yolo_dataset` and the classifier's samples use)."""
     crops = read_amibr(amibr)
     split_of = split_slides([c.source_slide for c in crops], seed, 0.15, 0.1)
     by_slide: dict[str, list[Crop]] = defaultdict(list)
     for crop in crops:
-        if split_of[crop.source_slide] == "test":
+        if split_of[crop.source_slide] == split:
             by_slide[crop.source_slide].append(crop)
     return dict(by_slide)
 

@@ -9,8 +9,9 @@ Steps, each skipped when its output exists (so an interrupted run resumes where 
 2. training from scratch, seeded, a checkpoint per epoch (`last.pt`, resumed; `best.pt`);
 3. thresholds chosen on the validation split: the mitosis threshold is the highest whose
    validation recall is at least `--target-recall`, the atypical one maximises balanced accuracy;
-4. the test split reported per source, then the ONNX export with its metadata, installed with its
-   Triton configs when `--install` is given.
+4. the test split reported per source, then the ONNX export with its metadata;
+5. the detector threshold the second stage starts from, chosen on validation images
+   (`training/candidates.py`); then installed with its Triton configs when `--install` is given.
 
 The network, its views and the export are in `training/classifier_model.py`; the metrics and the
 threshold choice in `training/classifier_metrics.py`.
@@ -247,6 +248,17 @@ def main(argv: list[str] | None = None) -> None:
     }
     onnx_path = args.out / "model.onnx"
     export_onnx(model, onnx_path, metadata)
+    if (args.shared / "amibr").is_dir() and not args.no_mining:
+        # Step 5: the detector threshold the second stage starts from, on validation images only.
+        from training.candidates import choose_candidate_threshold
+        from training.onnx_export import set_metadata
+
+        choice = choose_candidate_threshold(args.detector, onnx_path, args.shared)
+        set_metadata(onnx_path, {"mitoscope.candidate_threshold": f"{choice.threshold:.4f}"})
+        summary["candidate_threshold"] = choice.threshold
+        summary["candidate_thresholds_tried"] = choice.rows
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"candidate threshold {choice.threshold} (chosen on validation)")
     print(f"wrote {onnx_path}")
     if args.install:
         from services.detector.triton_repository import main as generate_configs

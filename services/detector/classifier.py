@@ -116,6 +116,7 @@ class TwoStageDetector:
 
     detector: Detector
     classifier: CropClassifier
+    candidate_threshold: float | None = None  # None: the one the classifier was validated with
     info: ModelInfo = field(init=False)
 
     def __post_init__(self) -> None:
@@ -148,7 +149,8 @@ class TwoStageDetector:
     def detect(self, tiles: npt.NDArray[np.uint8], score_threshold: float | None = None) -> list[TileDetections]:
         """`score_threshold` applies to the mitosis probability (default: the validated one)."""
         threshold = self.classifier.mitosis_threshold if score_threshold is None else score_threshold
-        candidates = self.detector.detect(tiles, self.classifier.candidate_threshold)
+        candidate_threshold = self.candidate_threshold or self.classifier.candidate_threshold
+        candidates = self.detector.detect(tiles, candidate_threshold)
         crops = []
         for tile, found in zip(tiles, candidates, strict=True):
             if len(found):

@@ -43,7 +43,7 @@ def test_shipped_classifier_declares_its_contract() -> None:
     info = classifier.info
     assert info.name == DEFAULT_CLASSIFIER_NAME and info.mpp_um_per_px == 0.25
     assert info.class_names == ("mitosis", "atypical")
-    assert 0 < classifier.candidate_threshold < classifier.mitosis_threshold < 1
+    assert 0 < classifier.candidate_threshold < 1 and 0 < classifier.mitosis_threshold < 1
     assert 0 < classifier.atypical_threshold < 1
     detector_target = OnnxRuntimeBackend(MODEL_PATH, threads=1).info.reinhard_target_lab
     assert info.reinhard_target_lab == detector_target  # trained on crops normalised like the tiles
