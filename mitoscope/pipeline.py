@@ -28,7 +28,7 @@ from services.aggregator.schema import ModelProvenance, SlideFacts, Timing
 from services.common.options import ScoreOptions
 from services.detector.detector import Detector
 from services.detector.postprocess import TileDetections
-from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
+from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images, stats_sample_indices
 from services.tiler.grid import TilePlan
 from services.tiler.planning import plan_slide
 from services.tiler.qc import SlideQc
@@ -38,7 +38,6 @@ from services.tiler.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
-STATS_SAMPLE_TILES = 32
 GALLERY_CROP_PX = 160
 GALLERY_MAX_CROPS = 48
 
@@ -71,11 +70,10 @@ def prepare_slide(path: Path, options: ScoreOptions, model_mpp_um_per_px: float,
     return PreparedSlide(slide, mpp, source, planned.tissue, planned.plan, planned.overview, planned.qc)
 
 
-def slide_colour_stats(slide: Slide, plan: TilePlan, sample_tiles: int = STATS_SAMPLE_TILES) -> LabStats:
+def slide_colour_stats(slide: Slide, plan: TilePlan) -> LabStats:
     """Source Lab statistics over tissue, from tiles spread evenly across the plan."""
     geometry = ReadGeometry.for_plan(slide, plan)
-    step = max(1, len(plan.tiles) // sample_tiles)
-    sample = plan.tiles[::step][:sample_tiles]
+    sample = [plan.tiles[i] for i in stats_sample_indices(len(plan.tiles))]
     return stats_from_images([read_tile(slide, plan, geometry, tile) for tile in sample])
 
 

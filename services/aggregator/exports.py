@@ -68,7 +68,7 @@ def geojson_document(result: dict[str, Any]) -> dict[str, Any]:
         name, colour = _style(det["class"])
         measurements = {"score": det["score"], "centroid_x_px": det["x_px"], "centroid_y_px": det["y_px"]}
         for key in ("mitosis_probability", "atypical_probability"):
-            if key in det:
+            if det.get(key) is not None:  # the second stage's; null without one
                 measurements[key] = det[key]
         features.append(
             {
@@ -108,6 +108,10 @@ def write_geojson(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(geojson_document(result)))
 
 
+def _blank_if_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
 def detection_rows(result: dict[str, Any]) -> list[list[Any]]:
     """The CSV rows (under CSV_COLUMNS) of a result: one per mitosis."""
     mpp = result["slide"]["mpp_um_per_px"]
@@ -123,8 +127,8 @@ def detection_rows(result: dict[str, Any]) -> list[list[Any]]:
             det["class"],
             det["tile_index"],
             int(_in_hotspot(det, result["hotspot"])),
-            det.get("mitosis_probability", ""),
-            det.get("atypical_probability", ""),
+            _blank_if_none(det.get("mitosis_probability")),
+            _blank_if_none(det.get("atypical_probability")),
         ]
         for det in result["detections"]
     ]

@@ -25,9 +25,8 @@ from services.common.messages import model_message, stats_to_message
 from services.common.options import DEFAULT_BATCH_SIZE, DEFAULT_FIELD_DIAMETER_MM
 from services.common.proto.mitoscope.v1 import pipeline_pb2 as pb
 from services.common.wire import PROTOBUF_CONTENT_TYPE
-from services.preprocess.reinhard import LabStats
+from services.preprocess.reinhard import LabStats, stats_sample_indices
 
-STATS_SAMPLE_TILES = 32  # as the embedded pipeline
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_BATCHES_IN_FLIGHT = 2  # one batch read and normalised while the previous one is detected
 
@@ -119,8 +118,7 @@ class SlideSession:
         )
         self.total_tiles = len(self.plan.tiles)
         self.batch_count = (self.total_tiles + batch_size - 1) // batch_size
-        step = max(1, self.total_tiles // STATS_SAMPLE_TILES)
-        sample = list(range(self.total_tiles))[::step][:STATS_SAMPLE_TILES]
+        sample = stats_sample_indices(self.total_tiles)  # the tiles the embedded pipeline samples
         sample_batch = self._call(
             lambda: client.post(f"{urls.tiler}/v1/batch", json={**self.slide, "indices": sample}), "tiler sample"
         ).content

@@ -31,6 +31,14 @@ _AB_OFFSET = 128.0
 GLASS_MIN_LIGHTNESS = 88.0
 GLASS_MAX_CHROMA = 8.0  # per a/b axis
 MIN_TISSUE_PIXELS = 1000
+STATS_SAMPLE_TILES = 32  # tiles spread evenly over a slide's plan give its source statistics
+
+
+def stats_sample_indices(total_tiles: int, sample_tiles: int = STATS_SAMPLE_TILES) -> list[int]:
+    """Which tiles of a plan a slide's source statistics are computed from: spread evenly, the same
+    ones whether the slide is scored in one process or through the services."""
+    step = max(1, total_tiles // sample_tiles)
+    return list(range(total_tiles))[::step][:sample_tiles]
 
 
 @dataclass(frozen=True)

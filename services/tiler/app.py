@@ -30,10 +30,12 @@ from services.common.objectstore import S3Config
 from services.common.web import DEFAULT_MAX_CONCURRENT_REQUESTS, message_response, service_app
 from services.tiler.errors import (
     QC_REFUSALS,
+    NoSuchTileError,
     SlideError,
     SlideNotFoundError,
     StorageRefusedError,
     StorageUnavailableError,
+    TileOutOfRangeError,
 )
 from services.tiler.grid import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from services.tiler.planning import OVERVIEW_MAX_SIDE_PX, SlidePlan, plan_slide
@@ -179,6 +181,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ready=problems,
         errors={
             SlideNotFoundError: (404, "slide_not_found"),
+            TileOutOfRangeError: (422, "tile_out_of_range"),
+            NoSuchTileError: (404, "no_such_tile"),
             SlideError: (422, "bad_slide"),
             # Quality-control refusals answer their own code: not_brightfield, not_he, ...
             **{error: (422, error.code) for error in QC_REFUSALS},
@@ -215,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         all_tiles = planned.plan.tiles
         if request.indices:
             if not all(0 <= i < len(all_tiles) for i in request.indices):
-                raise SlideNotFoundError(f"{request.location}: tile indices outside 0..{len(all_tiles) - 1}")
+                raise TileOutOfRangeError(f"{request.location}: tile indices outside 0..{len(all_tiles) - 1}")
             tiles = tuple(all_tiles[i] for i in request.indices)
         else:
             tiles = all_tiles[request.start : request.start + request.count]
@@ -271,7 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 try:
                     tile = opened.slide.deepzoom_tile(level, col, row, DEEPZOOM_TILE_PX, DEEPZOOM_OVERLAP_PX)
                 except IndexError as e:
-                    raise SlideNotFoundError(f"{location}: {e}") from e
+                    raise NoSuchTileError(f"{location}: {e}") from e
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
             assert ok
             return bytes(jpeg.tobytes())

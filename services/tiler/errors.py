@@ -10,6 +10,8 @@ TilerError
  │         ├── NotHematoxylinEosinError  "not_he": brown tissue (IHC/DAB), not pink-purple H&E
  │         ├── ImplausibleColoursError   "implausible_colours": the glass is not near-white and colourless
  │         └── NoTissueError             "no_tissue": nothing to score (no tissue, or all of it excluded)
+ ├── TileOutOfRangeError        tile indices outside the plan (HTTP 422)
+ ├── NoSuchTileError            a DeepZoom level, column or row the slide does not have (HTTP 404)
  └── StorageError               the slide cannot be fetched
       ├── SlideNotFoundError    no such file or object (HTTP 404)
       ├── StorageRefusedError   the object store refuses (access denied, bad keys) (HTTP 422)
@@ -71,6 +73,14 @@ class NoTissueError(SlideQcError):
     """Tissue detection found nothing to score, or quality control excluded all of it."""
 
     code: ClassVar[str] = "no_tissue"
+
+
+class TileOutOfRangeError(TilerError, PermanentError):
+    """The request names tiles that the slide's plan does not have."""
+
+
+class NoSuchTileError(TilerError, PermanentError):
+    """A DeepZoom tile outside the slide's pyramid (a viewer asked past an edge or level)."""
 
 
 class StorageError(TilerError):

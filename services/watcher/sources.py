@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from services.common import objectstore
+from services.common.files import file_sha256
 from services.common.objectstore import S3Config, is_s3_uri
 from services.tiler.storage import SlideCache, fetch_s3
 from services.watcher.ledger import LEDGER_NAME, Ledger
@@ -90,11 +91,7 @@ class FolderSource:
         return found
 
     def sha256(self, slide: WrittenSlide) -> str:
-        digest = hashlib.sha256()
-        with Path(slide.location).open("rb") as f:
-            while chunk := f.read(objectstore.CHUNK_BYTES):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(Path(slide.location))
 
     def load_ledger(self) -> Ledger:
         if not self.ledger_path.exists():

@@ -60,7 +60,8 @@ def test_slide_errors_are_precise(client: TestClient) -> None:
     no_slide = client.post("/v1/batch", json={"location": "gone.svs", "start": 0, "count": 4})
     assert no_slide.status_code == 404 and "gone.svs" in no_slide.json()["message"]
     outside = client.post("/v1/batch", json={"location": "small.svs", "indices": [0, 99_999]})
-    assert outside.status_code == 404 and "tile indices outside" in outside.json()["message"]
+    assert outside.status_code == 422 and outside.json()["error"] == "tile_out_of_range"  # the request, not the slide
+    assert "tile indices outside" in outside.json()["message"]
 
 
 def test_deepzoom_tiles_for_viewers(client: TestClient) -> None:
@@ -69,7 +70,7 @@ def test_deepzoom_tiles_for_viewers(client: TestClient) -> None:
     tile = cv2.imdecode(np.frombuffer(top.content, np.uint8), cv2.IMREAD_COLOR)
     assert tile.shape[0] <= 256 and tile.shape[2] == 3
     beyond = client.get("/v1/deepzoom/11/99_99.jpeg", params={"location": "small.svs"})
-    assert beyond.status_code == 404
+    assert beyond.status_code == 404 and beyond.json()["error"] == "no_such_tile"
 
 
 def test_readiness_needs_the_slide_root(tmp_path: Path) -> None:
@@ -80,3 +81,4 @@ def test_readiness_needs_the_slide_root(tmp_path: Path) -> None:
 def test_unknown_deepzoom_level_names_the_range(client: TestClient) -> None:
     response = client.get("/v1/deepzoom/40/0_0.jpeg", params={"location": "small.svs"})
     assert response.status_code == 404 and "0..11" in response.json()["message"]
+    assert response.json()["error"] == "no_such_tile"  # the slide exists: not slide_not_found
