@@ -23,8 +23,8 @@ import numpy as np
 from services.aggregator import exports
 from services.aggregator.grading import thresholds_for
 from services.aggregator.merge import merge_tile_detections
-from services.aggregator.result import build_result, make_provenance, parameters_of, summarise
-from services.aggregator.schema import ModelProvenance, SlideFacts, Timing
+from services.aggregator.result import build_result, make_provenance, parameters_of, summarise, timing_of
+from services.aggregator.schema import ModelProvenance, SlideFacts
 from services.common.options import ScoreOptions
 from services.detector.detector import Detector
 from services.detector.postprocess import TileDetections
@@ -134,7 +134,7 @@ def score_slide(
             backend=detector.description,
         )
         elapsed_s = time.perf_counter() - started
-        timing = Timing(seconds=round(elapsed_s, 2), tiles_per_s=round(len(plan.tiles) / max(elapsed_s, 1e-9), 2))
+        timing = timing_of(elapsed_s, len(plan.tiles))
         with_detections = sum(1 for found in per_tile.values() if len(found))
         provenance = make_provenance(
             model, source_stats, target, parameters_of(options, score_threshold), plan, with_detections, timing

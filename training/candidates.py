@@ -47,7 +47,10 @@ def icpr_validation_false_calls(two_stage: TwoStageDetector, shared_data: Path) 
     return false, rgb.shape[0] * rgb.shape[1] * (0.25 / 1000) ** 2
 
 
-def choose_candidate_threshold(detector_path: Path, classifier_path: Path, shared_data: Path) -> CandidateChoice:
+def choose_candidate_threshold(
+    detector_path: Path, classifier_path: Path, shared_data: Path, seed: int
+) -> CandidateChoice:
+    """`seed`: the training run's, so the validation slides are the ones it validated on."""
     rows: list[dict[str, Any]] = []
     for threshold in CANDIDATE_THRESHOLDS:
         two_stage = TwoStageDetector(
@@ -56,7 +59,7 @@ def choose_candidate_threshold(detector_path: Path, classifier_path: Path, share
             candidate_threshold=threshold,
         )
         try:
-            recall = evaluate_amibr(two_stage, shared_data / "amibr", None, split="val").recall
+            recall = evaluate_amibr(two_stage, shared_data / "amibr", None, split="val", seed=seed).recall
             lookalikes = false_calls_on_lookalikes(two_stage, shared_data, None, split="val")
             icpr_false, icpr_mm2 = icpr_validation_false_calls(two_stage, shared_data)
         finally:

@@ -74,11 +74,14 @@ def evaluate_synthetic(detector: Detector, size_px: int, threshold: float | None
     return rows
 
 
-def evaluate_amibr(detector: Detector, amibr: Path, threshold: float | None, split: str = "test") -> MatchCounts:
+def evaluate_amibr(
+    detector: Detector, amibr: Path, threshold: float | None, split: str = "test", seed: int = 0
+) -> MatchCounts:
+    """Held-out (or validation) AMi-Br slides of the seeded split the training runs used."""
     target = LabStats.from_dict(detector.info.reinhard_target_lab)
     total = MatchCounts(0, 0, 0)
     per_row = TILE_PX // CROP_PX
-    for crops in held_out_amibr(amibr, split=split).values():
+    for crops in held_out_amibr(amibr, seed, split).values():
         images = [load_rgb(c.path) for c in crops]
         normalise = ReinhardNormaliser(stats_from_images(images), target)
         for start in range(0, len(crops), per_row * per_row):

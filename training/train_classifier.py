@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         from training.candidates import choose_candidate_threshold
         from training.onnx_export import set_metadata
 
-        choice = choose_candidate_threshold(args.detector, onnx_path, args.shared)
+        choice = choose_candidate_threshold(args.detector, onnx_path, args.shared, args.seed)
         set_metadata(onnx_path, {"mitoscope.candidate_threshold": f"{choice.threshold:.4f}"})
         summary["candidate_threshold"] = choice.threshold
         summary["candidate_thresholds_tried"] = choice.rows

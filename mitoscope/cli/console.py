@@ -69,7 +69,7 @@ def print_summary(result: dict[str, Any], out_dir: Path, seconds: float | None =
         f"({hotspot['tissue_area_mm2']:.2f} mm² tissue)",
     )
     table.add_row("Nottingham mitotic score", str(result["mitotic_score"]))
-    if any("atypical_probability" in d for d in result["detections"]):
+    if any(d.get("atypical_probability") is not None for d in result["detections"]):
         table.add_row(
             "atypical mitoses", f"{result['atypical_count']} ({100 * result['atypical_fraction']:.0f} % of mitoses)"
         )

@@ -27,6 +27,7 @@ def evaluate(
     dataset: Annotated[str, typer.Option(help="Dataset name for the report table.")] = "dataset",
 ) -> None:
     """Precision, recall and F1 the MIDOG way (7.5 µm), with a PR curve and a Table-II style row."""
+    from services.detector.classifier import NO_CLASSIFIER
     from services.detector.detector import open_detector
     from services.detector.errors import DetectorError
     from training.annotations import AnnotationError
@@ -34,7 +35,9 @@ def evaluate(
     from training.evaluate import evaluate as run_evaluation
 
     try:
-        detector = open_detector(model, "onnxruntime", model_repository(), "")
+        # A detector's P/R/F1 over its own score, as the paper's Table II; the second stage is
+        # measured on real tissue by `python -m training.evaluate_shipped`.
+        detector = open_detector(model, "onnxruntime", model_repository(), "", classifier=NO_CLASSIFIER)
     except DetectorError as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
     try:

@@ -76,7 +76,7 @@ def score(
     detector: Detector | None = None
     try:
         local = resolve_slide(slide, SlideCache(cache_dir()) if is_s3_uri(slide) else None)
-        name = slide.rsplit("/", 1)[-1]
+        name = slide.rstrip("/").rsplit("/", 1)[-1]  # a DICOM folder may come with a trailing slash
         out_dir = out or (Path(f"{name}.mitoscope") if is_s3_uri(slide) else local.with_name(f"{name}.mitoscope"))
         detector = open_detector(model, backend.value, model_repository(), triton_url, threads, classifier)
         result = score_with_progress(local, out_dir, detector, options, name)

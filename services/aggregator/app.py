@@ -24,7 +24,7 @@ from services.aggregator.errors import ExportLocationError, GradingParameterErro
 from services.aggregator.exports import geojson_document, publish
 from services.aggregator.grading import DEFAULT_FIELD_DIAMETER_MM
 from services.aggregator.merge import DEFAULT_MERGE_RADIUS_UM, merge_tile_detections
-from services.aggregator.result import build_result, make_provenance, parameters_of, summarise
+from services.aggregator.result import build_result, make_provenance, parameters_of, summarise, timing_of
 from services.aggregator.schema import ModelProvenance, SlideFacts, SlideResult
 from services.common import objectstore
 from services.common.messages import detections_from_message, plan_from_message, stats_from_message
@@ -99,6 +99,7 @@ def aggregate(message: pb.AggregateRequest) -> SlideResult:
         parameters_of(options, m.score_threshold),
         plan,
         sum(1 for found in per_tile.values() if len(found)),
+        timing_of(message.elapsed_s, len(plan.tiles)) if message.elapsed_s > 0 else None,
     )
     return build_result(facts, summary, merged, provenance, json.loads(message.plan.qc_json))
 

@@ -143,3 +143,8 @@ def make_provenance(
         ),
         timing=timing,
     )
+
+
+def timing_of(seconds: float, tiles: int) -> Timing:
+    """How long a whole slide took, and its tiles per second over that time."""
+    return Timing(seconds=round(seconds, 2), tiles_per_s=round(tiles / max(seconds, 1e-9), 2))

@@ -41,7 +41,8 @@ MAX_CROPS_PER_CALL = 256
 def crops_around(image: npt.NDArray[np.uint8], centres: npt.NDArray[np.float32], size_px: int) -> npt.NDArray[np.uint8]:
     """Squares of `size_px` centred on each (x, y); what lies outside the image is mirrored in."""
     half = size_px // 2
-    padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT_101)
+    rest = size_px - half  # odd sizes: one more pixel after the centre than before it
+    padded = cv2.copyMakeBorder(image, half, rest, half, rest, cv2.BORDER_REFLECT_101)
     out = np.empty((len(centres), size_px, size_px, 3), np.uint8)
     h, w = image.shape[:2]
     for i, (cx, cy) in enumerate(centres):
@@ -149,7 +150,9 @@ class TwoStageDetector:
     def detect(self, tiles: npt.NDArray[np.uint8], score_threshold: float | None = None) -> list[TileDetections]:
         """`score_threshold` applies to the mitosis probability (default: the validated one)."""
         threshold = self.classifier.mitosis_threshold if score_threshold is None else score_threshold
-        candidate_threshold = self.candidate_threshold or self.classifier.candidate_threshold
+        candidate_threshold = (
+            self.classifier.candidate_threshold if self.candidate_threshold is None else self.candidate_threshold
+        )
         candidates = self.detector.detect(tiles, candidate_threshold)
         crops = []
         for tile, found in zip(tiles, candidates, strict=True):
@@ -180,9 +183,16 @@ class TwoStageDetector:
 
 
 def open_classifier(name: str, backend: str, repository: Path, triton_url: str, threads: int = 0) -> CropClassifier:
-    if backend == "triton":
-        return CropClassifier(TritonBackend(triton_url, name))
-    return CropClassifier(OnnxRuntimeBackend(resolve_model_path(name, repository), threads=threads))
+    model: DetectorBackend = (
+        TritonBackend(triton_url, name)
+        if backend == "triton"
+        else OnnxRuntimeBackend(resolve_model_path(name, repository), threads=threads)
+    )
+    try:
+        return CropClassifier(model)
+    except BaseException:  # not a classifier: close the session or client it opened
+        model.close()
+        raise
 
 
 def with_classifier(
@@ -192,7 +202,13 @@ def with_classifier(
     if classifier == NO_CLASSIFIER:
         return detector
     try:
-        return TwoStageDetector(detector, open_classifier(classifier, backend, repository, triton_url, threads))
+        second = open_classifier(classifier, backend, repository, triton_url, threads)
     except BaseException:
         detector.close()
+        raise
+    try:
+        return TwoStageDetector(detector, second)
+    except BaseException:  # trained for another stain target or resolution
+        detector.close()
+        second.close()
         raise

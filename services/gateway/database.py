@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, create_engine, event, inspect
+from sqlalchemy import BigInteger, Table, create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -50,3 +50,14 @@ def add_missing_columns(engine: Engine, table: Table) -> None:
         except OperationalError:
             if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                 raise
+
+
+def widen_big_integers(engine: Engine, table: Table) -> None:
+    """BIGINT columns that an older PostgreSQL database created as INTEGER (SQLite's are 64-bit)."""
+    if engine.dialect.name != "postgresql":
+        return
+    present = {c["name"]: str(c["type"]).upper() for c in inspect(engine).get_columns(table.name)}
+    for column in table.columns:
+        if isinstance(column.type, BigInteger) and present.get(column.name) == "INTEGER":
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE BIGINT")

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import ValidationError
 
-from services.aggregator.schema import SlideResult, Timing
+from services.aggregator.schema import SlideResult
 from services.common.errors import RETRYABLE_HTTP_STATUSES
 from services.common.messages import model_message, stats_to_message
 from services.common.options import DEFAULT_BATCH_SIZE, DEFAULT_FIELD_DIAMETER_MM
@@ -168,16 +168,19 @@ class SlideSession:
         )
         return pb.Detections.FromString(found.content)
 
-    def aggregate(self, detections: list[pb.Detections]) -> SlideResult:
-        """The slide result as the aggregator built it (timing is the caller's to add)."""
+    def aggregate(self, detections: list[pb.Detections], started_s: float | None = None) -> dict[str, Any]:
+        """The slide result document as the aggregator built (and exported) it; with `started_s`
+        (`time.perf_counter()` at the start of the run) it carries the run's timing."""
         request = pb.AggregateRequest()
         request.CopyFrom(self.aggregate_request)
         request.detections.extend(detections)
+        if started_s is not None:
+            request.elapsed_s = time.perf_counter() - started_s
         response = self._call(
             lambda: _post_message(self.client, f"{self.urls.aggregator}/v1/aggregate", request), "aggregate"
         )
         try:
-            return SlideResult.model_validate_json(response.content)
+            return SlideResult.model_validate_json(response.content).document()
         except ValidationError as e:
             raise ServiceError(f"aggregate: the aggregator answered a result that is not a SlideResult: {e}") from e
 
@@ -218,15 +221,6 @@ def detect_in_flight(
                 future.cancel()
 
 
-def timed(result: SlideResult, started_s: float) -> dict[str, Any]:
-    """The result document with its timing: seconds since `started_s` (`time.perf_counter()`) and
-    the slide's tiles per second over them, as the embedded pipeline reports its own run."""
-    seconds = max(time.perf_counter() - started_s, 1e-9)
-    timing = Timing(seconds=round(seconds, 2), tiles_per_s=round(result.provenance.tiles.total / seconds, 2))
-    provenance = result.provenance.model_copy(update={"timing": timing})
-    return result.model_copy(update={"provenance": provenance}).document()
-
-
 def score_via_services(
     location: str,
     urls: ServiceUrls,
@@ -250,4 +244,4 @@ def score_via_services(
             tiles_done += session.tiles_in(batch_index)
             if progress:
                 progress(tiles_done, session.total_tiles)
-        return timed(session.aggregate([detections[i] for i in range(session.batch_count)]), started_s)
+        return session.aggregate([detections[i] for i in range(session.batch_count)], started_s)

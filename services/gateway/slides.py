@@ -8,6 +8,7 @@ the slide root or put in S3 when `GATEWAY_UPLOAD_LOCATION` is an `s3://` prefix)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, insert, select
 from sqlalchemy.engine import Engine
 
 from services.common import objectstore
 from services.common.objectstore import S3Config, is_s3_uri
+from services.gateway.database import widen_big_integers
 from services.gateway.errors import BadRequestError, UnknownSlideError
 from services.gateway.locations import check_s3_uri
 from services.gateway.settings import Settings
@@ -35,7 +37,7 @@ slides_table = Table(
     Column("name", Text, nullable=False),
     Column("location", Text, nullable=False),
     Column("sha256", String(64), nullable=True),
-    Column("size_bytes", Integer, nullable=True),
+    Column("size_bytes", BigInteger, nullable=True),  # slides are many GB
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -58,6 +60,7 @@ class SlideStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        widen_big_integers(engine, slides_table)
 
     def add(self, name: str, location: str, sha256: str | None, size_bytes: int | None) -> Slide:
         slide_id = str(uuid.uuid4())
@@ -116,6 +119,7 @@ async def receive_upload(
         folder.mkdir(parents=True)
     except OSError as e:
         raise UploadStorageError(f"the gateway cannot store uploads under {folder.parent}: {e}") from e
+    put_in_s3: str | None = None  # where the upload went when it went to S3
     try:  # one clean-up for every way an upload can end early, a dropped connection included
         received = await receive_multipart(content_type, body, folder, settings.max_upload_bytes)
         if not is_slide_name(received.name):
@@ -135,11 +139,17 @@ async def receive_upload(
             location = f"{settings.upload_location.rstrip('/')}/{folder_id}/{received.name}"
             try:
                 await asyncio.to_thread(objectstore.put_file, location, final, S3Config.from_env())
+                put_in_s3 = location
             except (objectstore.ObjectStoreRefusedError, objectstore.NoSuchObjectError) as e:
                 # The gateway's own upload location, not the client's doing: an operator's problem.
                 raise objectstore.ObjectStoreUnavailableError(f"the upload location refuses uploads: {e}") from e
-            shutil.rmtree(folder)
-    except BaseException:
+        slide = await asyncio.to_thread(store.add, received.name, location, received.sha256, received.size_bytes)
+    except BaseException:  # the stored copy goes too: a slide that is not in the store is not kept
+        if put_in_s3:
+            with contextlib.suppress(objectstore.ObjectStoreError):
+                await asyncio.to_thread(objectstore.delete, put_in_s3, S3Config.from_env())
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return await asyncio.to_thread(store.add, received.name, location, received.sha256, received.size_bytes)
+    if put_in_s3:  # the S3 copy is the slide; the local one was only on its way
+        shutil.rmtree(folder, ignore_errors=True)
+    return slide

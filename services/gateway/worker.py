@@ -41,7 +41,6 @@ from services.gateway.orchestrate import (
     ServiceUrls,
     SlideSession,
     detect_in_flight,
-    timed,
 )
 from services.gateway.retry import DEFAULT_RETRY, GaveUpError, RetryPolicy, StoppedError, with_retries
 from services.gateway.settings import Settings
@@ -145,7 +144,7 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
                 )
             payloads = store.checkpoints(job.id)
             detections = [pb.Detections.FromString(payloads[i]) for i in range(session.batch_count)]
-            store.finish(job.id, worker, timed(session.aggregate(detections), started_s))
+            store.finish(job.id, worker, session.aggregate(detections, started_s))
     except (LeaseLostError, StoppedError) as e:
         log.warning("abandoning job %s: %s", job.id, e)
     except ServiceError as e:

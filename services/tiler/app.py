@@ -117,6 +117,10 @@ class SlideRegistry:
         return resolve_slide(str(path))
 
     def get(self, location: str) -> OpenedSlide:
+        if "\x00" in location or len(location) > MAX_LOCATION_CHARS:
+            raise SlideNotFoundError(
+                f"{location[:80]!r}: not a slide location (NUL or longer than {MAX_LOCATION_CHARS})"
+            )
         with self._lock:
             if location in self._open:
                 self._open.move_to_end(location)

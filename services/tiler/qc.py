@@ -165,16 +165,20 @@ def check_colours(overview_rgb: npt.NDArray[np.uint8], slide_name: str) -> Colou
     scanned = pixels[(pixels < 255).any(axis=1)]
     if len(scanned) < 0.05 * len(pixels):
         scanned = pixels
-    lightness, ab = _lab(scanned)
+    lightness, _ = _lab(scanned)
     dark_fraction = float((lightness < DARK_LIGHTNESS).mean())
-    bright = lightness >= np.percentile(lightness, GLASS_PERCENTILE)
-    glass_lightness = float(np.median(lightness[bright]))
-    glass_chroma = float(np.hypot(*np.median(ab[bright], axis=0)))
+    scanned_glass_lightness = float(np.median(lightness[lightness >= np.percentile(lightness, GLASS_PERCENTILE)]))
+    # The glass itself, pure-white pixels included: scanners that clip the background to 255 show
+    # glass as exactly that, and leaving it out would judge pale tissue as the glass.
+    all_lightness, all_ab = _lab(pixels)
+    bright = all_lightness >= np.percentile(all_lightness, GLASS_PERCENTILE)
+    glass_lightness = float(np.median(all_lightness[bright]))
+    glass_chroma = float(np.hypot(*np.median(all_ab[bright], axis=0)))
     measures = ColourMeasures(glass_lightness, glass_chroma, dark_fraction)
-    if dark_fraction > MAX_DARK_FRACTION or glass_lightness < MIN_BRIGHTFIELD_GLASS_LIGHTNESS:
+    if dark_fraction > MAX_DARK_FRACTION or scanned_glass_lightness < MIN_BRIGHTFIELD_GLASS_LIGHTNESS:
         raise NotBrightfieldError(
             f"{slide_name}: the background is dark ({dark_fraction:.0%} of the slide darker than "
-            f"L* {DARK_LIGHTNESS:.0f}, brightest pixels L* {glass_lightness:.0f} of 100); this looks like a "
+            f"L* {DARK_LIGHTNESS:.0f}, brightest pixels L* {scanned_glass_lightness:.0f} of 100); this looks like a "
             "fluorescence scan. mitoscope scores brightfield H&E slides: send the brightfield H&E scan"
         )
     if glass_lightness < MIN_GLASS_LIGHTNESS or glass_chroma > MAX_GLASS_CHROMA:

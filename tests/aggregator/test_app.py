@@ -118,11 +118,16 @@ def test_the_answer_is_the_typed_result_with_every_provenance_field() -> None:
 
     request, _, _, _ = _case()
     request.mpp_override_um_per_px = 0.25
+    request.elapsed_s = 12.5  # the caller's clock: exported result.json files carry the timing too
     with TestClient(create_app()) as client:
         answered = client.post("/v1/aggregate", content=request.SerializeToString(), headers=HEADERS).json()
     assert answered == aggregate(request).document()
     provenance = answered["provenance"]
     assert provenance["model"]["name"] == "m" and provenance["normalisation"]["method"] == "reinhard"
+    assert provenance["timing"] == {
+        "seconds": 12.5,
+        "tiles_per_s": round(answered["provenance"]["tiles"]["total"] / 12.5, 2),
+    }
     assert provenance["parameters"]["mpp_override_um_per_px"] == 0.25 and provenance["parameters"]["batch_size"] == 150
     assert provenance["code_version"] and answered["slide"]["vendor"] == "aperio" and answered["qc"]["verdict"] == "ok"
     schema = client.get("/openapi.json").json()["components"]["schemas"]

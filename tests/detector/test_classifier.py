@@ -36,6 +36,8 @@ def test_crops_are_centred_and_mirrored_at_the_edges() -> None:
     assert tuple(crops[0, 10, 10]) == (255, 0, 0)
     np.testing.assert_array_equal(crops[1, 10:, 10:], image[:10, :10])  # inside part of a corner crop
     np.testing.assert_array_equal(crops[1, 9, 10:], image[1, :10])  # mirrored, not zero-filled
+    odd = crops_around(image, np.array([[119, 99], [0, 0]], np.float32), 21)  # odd sizes fit at every edge
+    assert odd.shape == (2, 21, 21, 3) and tuple(odd[0, 10, 10]) == tuple(image[99, 119])
 
 
 def test_shipped_classifier_declares_its_contract() -> None:
@@ -154,9 +156,9 @@ def test_a_dicom_folder_is_scored_with_both_stages(tmp_path: Path) -> None:
 
     image = synthesize(SynthParams(width_px=2048, height_px=2048, seed=77, tissue_fraction=0.8, mitoses_per_mm2=40.0))
     _write_dicom_series(tmp_path / "case-dicom", image.rgb, "YBR_FULL_422")
-    proc = run_cli("score", str(tmp_path / "case-dicom"), "--out", str(tmp_path / "out"))
+    proc = run_cli("score", f"{tmp_path / 'case-dicom'}/")  # as tab completion gives a folder
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    result = json.loads((tmp_path / "case-dicom.mitoscope" / "result.json").read_text())
     assert result["slide"]["reader"] == "openslide" and result["slide"]["vendor"] == "dicom"
     assert result["qc"]["verdict"] == "ok"
     counts = match_points(

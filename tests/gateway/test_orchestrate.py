@@ -48,6 +48,7 @@ def test_services_over_http_give_the_in_process_result(
     local = score_slide(slides / "case.svs", tmp_path / "local", detector, ScoreOptions(batch_size=16))
     detector.close()
     assert seen[-1][0] == seen[-1][1] == local["provenance"]["tiles"]["total"]
+    assert remote["provenance"]["timing"]["seconds"] > 0  # timed like the in-process run
     # One result.json either way, apart from timing and the backend (Triton and ONNX Runtime agree to ~1e-4).
     assert_same_document(_comparable(remote), _comparable(local))
     assert remote["mitosis_count"] == local["mitosis_count"]

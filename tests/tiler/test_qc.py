@@ -287,3 +287,12 @@ def test_real_fluorescence_slide_is_refused_as_not_brightfield() -> None:
     with open_slide(shared_file("slides/test3-DAPI-2-387.ndpi")) as slide:
         with pytest.raises(NotBrightfieldError, match=r"test3-DAPI-2-387\.ndpi: the background is dark"):
             plan_slide(slide, slide.info.mpp_um_per_px or 0.228, 0.25, TILE_PX, OVERLAP_PX)
+
+
+def test_glass_clipped_to_pure_white_is_plausible(he_rgb: Image) -> None:
+    """Scanners that correct the background store glass as exactly (255, 255, 255)."""
+    clipped = he_rgb.copy()
+    glass = cv2.cvtColor(he_rgb, cv2.COLOR_RGB2GRAY) > 225
+    clipped[glass] = 255
+    measures = check_colours(cv2.resize(clipped, (512, 512), interpolation=cv2.INTER_AREA), "clipped.svs")
+    assert measures.glass_lightness > 95 and measures.glass_chroma < 3
