@@ -54,3 +54,21 @@ def test_gateway_refuses_bad_job_options_at_submit(tmp_path: Path) -> None:
         for location in ("slides/\x00.svs", "x" * 5000):  # registration parses its body itself: 400
             answer = gateway.post("/v1/slides", json={"location": location})
             assert answer.status_code == 400 and "location" in answer.json()["message"], answer.text
+
+
+def test_a_model_is_not_refused_at_submit_while_the_detector_cannot_be_asked(tmp_path: Path) -> None:
+    from services.detector.triton_server import free_port
+
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "case.svs").write_bytes(b"a slide")
+    settings = GatewaySettings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        worker_threads=0,
+        slide_root=tmp_path / "slides",
+        detector_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: the job waits for it
+    )
+    with TestClient(gateway_app(settings)) as gateway:
+        slide = gateway.post("/v1/slides", json={"location": "case.svs"})
+        assert slide.status_code == 201, slide.text
+        job = gateway.post("/v1/jobs", json={"slide_id": slide.json()["id"], "model": "faster_rcnn_mitosis"})
+    assert job.status_code == 202 and job.json()["model"] == "faster_rcnn_mitosis"

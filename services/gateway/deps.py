@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 
 from services.gateway.database import make_engine
+from services.gateway.detector_client import DetectorClient
 from services.gateway.jobs import JobStore
 from services.gateway.settings import Settings
 from services.gateway.slides import SlideStore
@@ -23,14 +24,22 @@ class Resources:
     jobs: JobStore
     slides: SlideStore
     tiler: TilerClient
+    detector: DetectorClient
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
         engine = make_engine(settings.database_url)
-        return cls(engine, JobStore(engine), SlideStore(engine), TilerClient(settings.tiler_url))
+        return cls(
+            engine,
+            JobStore(engine),
+            SlideStore(engine),
+            TilerClient(settings.tiler_url),
+            DetectorClient(settings.detector_url),
+        )
 
     def close(self) -> None:
         self.tiler.close()
+        self.detector.close()
         self.engine.dispose()
 
 
@@ -56,7 +65,12 @@ def get_tiler(request: Request) -> TilerClient:
     return get_resources(request).tiler
 
 
+def get_detector(request: Request) -> DetectorClient:
+    return get_resources(request).detector
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DetectorDep = Annotated[DetectorClient, Depends(get_detector)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
 SlideStoreDep = Annotated[SlideStore, Depends(get_slides)]
 TilerDep = Annotated[TilerClient, Depends(get_tiler)]

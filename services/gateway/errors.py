@@ -52,6 +52,10 @@ class UnknownSlideError(GatewayError):
     """No slide with that id."""
 
 
+class UnknownModelError(GatewayError):
+    """The detector serves no model of that name."""
+
+
 class ResultNotReadyError(GatewayError):
     """The job has no result: it has not finished, or it failed."""
 
@@ -100,6 +104,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
     BadLocationError: (422, "bad_location"),
     SlideRefusedError: (422, "slide_refused"),
+    UnknownModelError: (422, "unknown_model"),
     DependencyRefusedError: (422, "refused"),
     objectstore.ObjectStoreRefusedError: (422, "storage_refused"),
     objectstore.NoSuchObjectError: (422, "storage_location"),

@@ -201,6 +201,8 @@ def test_jobs_contract(gateway: Gateway) -> None:
     assert text.startswith("event: progress\n") and "event: end\n" in text and '"state":"cancelled"' in text
 
     assert "POST /v1/slides" in _error(client.post("/v1/jobs", json={"slide_id": UNKNOWN}), 404, "unknown_slide")
+    unknown_model = client.post("/v1/jobs", json={"slide_id": slide_id, "model": "no_such_model"})
+    assert "no_such_model" in _error(unknown_model, 422, "unknown_model")  # at submit, not when the job runs
     for path in (f"/v1/jobs/{UNKNOWN}", f"/v1/jobs/{UNKNOWN}/events"):
         _error(client.get(path), 404, "unknown_job")
     _error(client.delete(f"/v1/jobs/{UNKNOWN}"), 404, "unknown_job")

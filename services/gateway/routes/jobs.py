@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from services.gateway.deps import JobStoreDep, SettingsDep, SlideStoreDep
+from services.gateway.deps import DetectorDep, JobStoreDep, SettingsDep, SlideStoreDep
 from services.gateway.jobs import FINAL_STATES
 from services.gateway.schemas import CreateJob, JobOut, JobState
 
@@ -24,10 +24,13 @@ def create_job(
     jobs: JobStoreDep,
     slides: SlideStoreDep,
     settings: SettingsDep,
+    detector: DetectorDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     slide = slides.get(body.slide_id)
+    if body.model and body.model != settings.default_model:
+        detector.check_model(body.model)  # refused now, not when the job runs
     options = body.options.model_dump()
     job, created = jobs.create(slide.location, body.model or settings.default_model, options, idempotency_key)
     if not created:
