@@ -12,7 +12,6 @@ kept once.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,17 +38,6 @@ from sqlalchemy.exc import IntegrityError
 from services.gateway.database import add_missing_columns
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-# A job failed because the tiler refused the slide (quality control, not a slide): its stored error
-# reads "slide refused (<code>): <message>", so clients get the code back without a schema change.
-SLIDE_REFUSED_PREFIX = re.compile(r"^slide refused \((?P<code>[a-z_]+)\): ")
-
-
-def slide_refused_code(error: str | None) -> str | None:
-    """The refusal code of a job's stored error (not_brightfield, not_he, ...), if the slide was refused."""
-    found = SLIDE_REFUSED_PREFIX.match(error or "")
-    return found["code"] if found else None
-
-
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 DEFAULT_LEASE_S = 60.0
 
@@ -72,6 +60,8 @@ jobs_table = Table(
     Column("claimed_at", DateTime(timezone=True), nullable=True),
     Column("tiles_at_claim", Integer, nullable=True),
     Column("error", Text, nullable=True),
+    # Why the slide was refused (not_brightfield, not_he, ...), when quality control refused it.
+    Column("error_code", String(64), nullable=True),
     Column("result", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -115,6 +105,7 @@ class Job:
     attempts: int
     lease_owner: str | None
     error: str | None
+    error_code: str | None  # a slide refusal's code
     result: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
@@ -150,6 +141,7 @@ def _job(row: Any) -> Job:
         attempts=row.attempts,
         lease_owner=row.lease_owner,
         error=row.error,
+        error_code=row.error_code,
         result=json.loads(row.result) if row.result else None,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -309,8 +301,8 @@ class JobStore:
     def finish(self, job_id: str, worker: str, result: dict[str, Any]) -> None:
         self._close(job_id, worker, SUCCEEDED, result=json.dumps(result))
 
-    def fail(self, job_id: str, worker: str, error: str) -> None:
-        self._close(job_id, worker, FAILED, error=error)
+    def fail(self, job_id: str, worker: str, error: str, error_code: str | None = None) -> None:
+        self._close(job_id, worker, FAILED, error=error, error_code=error_code)
 
     def _close(self, job_id: str, worker: str, state: str, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -328,7 +320,7 @@ class JobStore:
             changed = conn.execute(
                 update(jobs_table)
                 .where(and_(jobs_table.c.id == job_id, jobs_table.c.state == FAILED))
-                .values(state=QUEUED, error=None, updated_at=_now())
+                .values(state=QUEUED, error=None, error_code=None, updated_at=_now())
             ).rowcount
         job = self.get(job_id)
         if not changed:

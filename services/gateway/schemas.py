@@ -11,7 +11,7 @@ from services.aggregator.errors import GradingParameterError
 from services.aggregator.grading import thresholds_for
 from services.common.objectstore import is_s3_uri
 from services.common.options import DEFAULT_BATCH_SIZE, DEFAULT_FIELD_DIAMETER_MM
-from services.gateway.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, slide_refused_code
+from services.gateway.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from services.gateway.locations import check_s3_uri
 from services.gateway.slides import Slide
 
@@ -135,5 +135,5 @@ class JobOut(BaseModel):
             eta_s=job.eta_s,
             attempts=job.attempts,
             error=job.error,
-            error_code=slide_refused_code(job.error),
+            error_code=job.error_code,
         )

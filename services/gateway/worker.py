@@ -148,7 +148,7 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
     except (LeaseLostError, StoppedError) as e:
         log.warning("abandoning job %s: %s", job.id, e)
     except ServiceError as e:
-        _fail(store, job, worker, failure_text(e))
+        _fail(store, job, worker, failure_text(e), refusal_code(e))
     except (GaveUpError, httpx.HTTPError) as e:
         _fail(store, job, worker, str(e))
     except SQLAlchemyError as e:  # the job store blinked: leave the job to resume from its checkpoints
@@ -161,16 +161,20 @@ def run_job(store: JobStore, job: Job, worker: str, urls: ServiceUrls, config: W
 SLIDE_REFUSAL_CODES = frozenset(error.code for error in QC_REFUSALS)
 
 
+def refusal_code(error: ServiceError) -> str | None:
+    """The quality-control code of a slide the tiler refused; None for any other failure."""
+    return error.code if error.status == 422 and error.code in SLIDE_REFUSAL_CODES else None
+
+
 def failure_text(error: ServiceError) -> str:
-    """What a failed job records; a slide the tiler refused keeps the refusal's code."""
-    if error.status == 422 and error.code in SLIDE_REFUSAL_CODES:
-        return f"slide refused ({error.code}): {error}"
-    return str(error)
+    """What a failed job records; a refused slide says so first."""
+    code = refusal_code(error)
+    return f"slide refused ({code}): {error}" if code else str(error)
 
 
-def _fail(store: JobStore, job: Job, worker: str, reason: str) -> None:
+def _fail(store: JobStore, job: Job, worker: str, reason: str, code: str | None = None) -> None:
     try:
-        store.fail(job.id, worker, reason)
+        store.fail(job.id, worker, reason, code)
     except LeaseLostError as e:  # cancelled or taken over meanwhile: not ours to fail any more
         log.warning("job %s not marked failed (%s): %s", job.id, reason, e)
     except SQLAlchemyError as e:  # the lease runs out and another attempt meets the same failure

@@ -12,7 +12,7 @@ from services.aggregator.exports import csv_text, geojson_document, overview_png
 from services.aggregator.schema import SlideResult
 from services.gateway.deps import JobStoreDep, TilerDep
 from services.gateway.errors import ResultNotReadyError, SlideRefusedError
-from services.gateway.jobs import FAILED, SUCCEEDED, JobStore, slide_refused_code
+from services.gateway.jobs import FAILED, SUCCEEDED, JobStore
 
 router = APIRouter(tags=["results"])
 
@@ -20,7 +20,7 @@ router = APIRouter(tags=["results"])
 def job_result(jobs: JobStore, job_id: str) -> dict[str, Any]:
     """The job's result; why there is none (refused by quality control, failed, not done) otherwise."""
     job = jobs.get(job_id)
-    refused = slide_refused_code(job.error) if job.state == FAILED else None
+    refused = job.error_code if job.state == FAILED else None
     if refused:
         raise SlideRefusedError(f"job {job_id} has no result: {job.error}", refused)
     if job.state != SUCCEEDED or job.result is None:
