@@ -9,9 +9,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from services.detector.backends import OnnxRuntimeBackend
-from services.detector.classifier import CropClassifier
-from services.detector.model import resolve_model_path
+from services.detector.classifier import open_classifier
 from services.preprocess.errors import NormalisationError
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 
@@ -36,7 +34,7 @@ def classify_files(
 ) -> list[dict[str, Any]]:
     """One row per image: its path, both probabilities and the call at the validated thresholds."""
     images = [read_rgb(p) for p in paths]
-    classifier = CropClassifier(OnnxRuntimeBackend(resolve_model_path(classifier_name, repository)))
+    classifier = open_classifier(classifier_name, "onnxruntime", repository, "")
     try:
         if normalise:
             target = LabStats.from_dict(classifier.info.reinhard_target_lab)

@@ -130,8 +130,9 @@ def predict(model: Any, images: npt.NDArray[np.uint8], batch: int = 512) -> npt.
 
 
 def export_onnx(model: Any, path: Path, metadata: dict[str, str]) -> None:
-    import onnx
     import torch
+
+    from training.onnx_export import set_metadata
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.onnx")
@@ -145,10 +146,5 @@ def export_onnx(model: Any, path: Path, metadata: dict[str, str]) -> None:
         opset_version=17,
         dynamo=False,
     )
-    graph = onnx.load(str(partial))
-    del graph.metadata_props[:]
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = f"mitoscope.{key}", value
-    onnx.save(graph, str(partial))
+    set_metadata(partial, {f"mitoscope.{key}": value for key, value in metadata.items()})
     partial.rename(path)

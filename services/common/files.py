@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -11,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # services/common/files.py -> t
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
 
+@cache  # asked for every slide result (the aggregator too); the checkout does not change under us
 def code_version() -> str:
     """The package version, plus the git commit when running from a checkout (results record it)."""
     try:

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from services.detector.backends import DetectorBackend, OnnxRuntimeBackend, TritonBackend
 from services.detector.errors import ModelError
-from services.detector.model import CLASSIFIER_OUTPUT_FORMAT, ModelInfo, resolve_model_path
+from services.detector.model import CLASSIFIER_MAX_BATCH, CLASSIFIER_OUTPUT_FORMAT, ModelInfo, resolve_model_path
 from services.detector.postprocess import TileDetections
 
 if TYPE_CHECKING:  # detector.py opens detectors through this module
@@ -35,7 +35,6 @@ MITOSIS_CLASS = "mitosis"
 ATYPICAL_CLASS = "atypical_mitosis"
 TWO_STAGE_CLASSES = (MITOSIS_CLASS, ATYPICAL_CLASS)
 DEFAULT_MPP_UM_PER_PX = 0.25
-MAX_CROPS_PER_CALL = 256
 
 
 def crops_around(image: npt.NDArray[np.uint8], centres: npt.NDArray[np.float32], size_px: int) -> npt.NDArray[np.uint8]:
@@ -87,10 +86,7 @@ class CropClassifier:
         """(n, crop, crop, 3) uint8 normalised crops -> (n, 2): mitosis, atypical probability."""
         if not len(crops):
             return np.zeros((0, 2), np.float32)
-        parts = [
-            self.backend.infer(crops[i : i + MAX_CROPS_PER_CALL]) for i in range(0, len(crops), MAX_CROPS_PER_CALL)
-        ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return self.backend.infer(crops)  # the backend splits them into calls of its sub-batch
 
     def classify_images(
         self, images: list[npt.NDArray[np.uint8]], mpp_um_per_px: float = DEFAULT_MPP_UM_PER_PX
@@ -183,10 +179,11 @@ class TwoStageDetector:
 
 
 def open_classifier(name: str, backend: str, repository: Path, triton_url: str, threads: int = 0) -> CropClassifier:
+    # Crops are small: a whole batch's candidates go in one call (the Triton configs allow as many).
     model: DetectorBackend = (
-        TritonBackend(triton_url, name)
+        TritonBackend(triton_url, name, sub_batch=CLASSIFIER_MAX_BATCH)
         if backend == "triton"
-        else OnnxRuntimeBackend(resolve_model_path(name, repository), threads=threads)
+        else OnnxRuntimeBackend(resolve_model_path(name, repository), threads=threads, sub_batch=CLASSIFIER_MAX_BATCH)
     )
     try:
         return CropClassifier(model)

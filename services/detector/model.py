@@ -23,6 +23,7 @@ REQUIRED_KEYS = (
     "reinhard_target_lab",
 )
 CLASSIFIER_OUTPUT_FORMAT = "mitosis_atypical_probabilities"  # the second stage: (n, 2) probabilities
+CLASSIFIER_MAX_BATCH = 256  # crops of 80 px: a whole tile batch's candidates fit in one call
 SUPPORTED_OUTPUT_FORMATS = ("yolo_cxcywh_scores", "xyxy_score_class", CLASSIFIER_OUTPUT_FORMAT)
 MAX_BOXES_PER_TILE = 100  # per-image models' boxes are padded to this many rows per tile
 DEFAULT_MODEL_NAME = "yolov5n_mitosis"

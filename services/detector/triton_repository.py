@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from services.detector.backends import INPUT_NAME, OnnxRuntimeBackend
-from services.detector.model import CLASSIFIER_OUTPUT_FORMAT, MAX_BOXES_PER_TILE, METADATA_PREFIX
+from services.detector.model import CLASSIFIER_MAX_BATCH, CLASSIFIER_OUTPUT_FORMAT, MAX_BOXES_PER_TILE, METADATA_PREFIX
 
 CPU_MAX_BATCH_SIZE = 16
-CLASSIFIER_MAX_BATCH_SIZE = 256  # crops are 80 px: a whole batch's candidates fit in one call
 
 
 def _escape(value: str) -> str:
@@ -62,7 +61,7 @@ def model_config(model_dir: Path, onnx_path: Path, variant: str) -> str:
     output_dims = ", ".join(str(d) for d in output.shape[1:])
     if variant == "cpu":
         runtime = f"""backend: "python"
-max_batch_size: {CLASSIFIER_MAX_BATCH_SIZE if classifier else CPU_MAX_BATCH_SIZE}"""
+max_batch_size: {CLASSIFIER_MAX_BATCH if classifier else CPU_MAX_BATCH_SIZE}"""
         placement = "instance_group [ { count: 1 kind: KIND_CPU } ]"
     elif per_image:
         # The onnxruntime backend runs the graph as exported: one image, a variable number of boxes.
@@ -73,7 +72,7 @@ max_batch_size: 0"""
 {TENSORRT}"""
     else:
         runtime = f"""backend: "onnxruntime"
-max_batch_size: {CLASSIFIER_MAX_BATCH_SIZE if classifier else GPU_MAX_BATCH_SIZE}"""
+max_batch_size: {CLASSIFIER_MAX_BATCH if classifier else GPU_MAX_BATCH_SIZE}"""
         preferred = "64, 128, 256" if classifier else "8, 16, 32"
         placement = f"""instance_group [ {{ count: 1 kind: KIND_GPU }} ]
 dynamic_batching {{ preferred_batch_size: [ {preferred} ] max_queue_delay_microseconds: 2000 }}

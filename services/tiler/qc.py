@@ -161,16 +161,14 @@ def _lab(rgb: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], npt.NDArr
 def check_colours(overview_rgb: npt.NDArray[np.uint8], slide_name: str) -> ColourMeasures:
     """Refuse a dark background (fluorescence), then glass that is not near-white and grey."""
     pixels = overview_rgb.reshape(-1, 3)
+    all_lightness, all_ab = _lab(pixels)
     # Unscanned areas come back as pure white fill; judge the darkness of what was scanned.
-    scanned = pixels[(pixels < 255).any(axis=1)]
-    if len(scanned) < 0.05 * len(pixels):
-        scanned = pixels
-    lightness, _ = _lab(scanned)
+    scanned = (pixels < 255).any(axis=1)
+    lightness = all_lightness[scanned] if scanned.sum() >= 0.05 * len(pixels) else all_lightness
     dark_fraction = float((lightness < DARK_LIGHTNESS).mean())
     scanned_glass_lightness = float(np.median(lightness[lightness >= np.percentile(lightness, GLASS_PERCENTILE)]))
     # The glass itself, pure-white pixels included: scanners that clip the background to 255 show
     # glass as exactly that, and leaving it out would judge pale tissue as the glass.
-    all_lightness, all_ab = _lab(pixels)
     bright = all_lightness >= np.percentile(all_lightness, GLASS_PERCENTILE)
     glass_lightness = float(np.median(all_lightness[bright]))
     glass_chroma = float(np.hypot(*np.median(all_ab[bright], axis=0)))
