@@ -49,7 +49,6 @@ from training.samples import (
     far_from,
     onnx_candidate_finder,
     resample,
-    window,
 )
 from training.yolo_dataset import load_rgb, read_amibr, split_slides
 
@@ -85,9 +84,9 @@ def add_amibr(builder: Builder, amibr_dir: Path, seed: int) -> dict[str, str]:
             # In-domain negatives: nuclei of the same crop, well away from every listed figure.
             avoid_px = NEGATIVE_MIN_DISTANCE_UM / MPP_UM_PER_PX
             blobs = far_from(dark_blobs(rgb), list(crop.points), avoid_px)
-            for x, y in dedupe(blobs, DUPLICATE_PX)[:AMIBR_NEGATIVES_PER_CROP]:
-                builder.samples.add(window(rgb, x, y), False, -1, split, "amibr:blob", slide)
-                builder.counts[f"{split}_amibr_blob"] += 1
+            builder.add_negatives(
+                rgb, dedupe(blobs, DUPLICATE_PX)[:AMIBR_NEGATIVES_PER_CROP], split, "amibr", "blob", slide
+            )
     return split_of
 
 

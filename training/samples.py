@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from services.detector.classifier import crops_around
 from services.preprocess.reinhard import LabStats, ReinhardNormaliser, stats_from_images
 
 MPP_UM_PER_PX = 0.25
@@ -67,16 +68,9 @@ class SampleSet:
         path.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
 
 
-def window(image: npt.NDArray[np.uint8], cx: float, cy: float, size_px: int = SAMPLE_PX) -> npt.NDArray[np.uint8]:
-    """A size_px square centred on (cx, cy); what lies outside the image is mirrored in."""
-    half = size_px // 2
-    x0, y0 = round(cx) - half, round(cy) - half
-    h, w = image.shape[:2]
-    pad = max(0, -x0, -y0, x0 + size_px - w, y0 + size_px - h)
-    if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-        x0, y0 = x0 + pad, y0 + pad
-    return np.ascontiguousarray(image[y0 : y0 + size_px, x0 : x0 + size_px])
+def cut_samples(image: npt.NDArray[np.uint8], points: list[tuple[float, float]]) -> npt.NDArray[np.uint8]:
+    """SAMPLE_PX squares centred on `points`, cut the way the detector service cuts its crops."""
+    return crops_around(image, np.asarray(points, np.float32).reshape(-1, 2), SAMPLE_PX)
 
 
 def resample(image: npt.NDArray[np.uint8], mpp_um_per_px: float) -> tuple[npt.NDArray[np.uint8], float]:
@@ -174,21 +168,33 @@ class Builder:
         for kind, points in kinds.items():
             # One sample per object: a point within DUPLICATE_UM of one already taken is the same object.
             points = dedupe(far_from(far_from(points, avoid, avoid_px), taken, DUPLICATE_PX), DUPLICATE_PX)
-            for x, y in points:
-                self.samples.add(window(rgb, x, y), False, -1, split, f"{source}:{kind}", group)
-                self.counts[f"{split}_{source}_{kind}"] += 1
+            self.add_negatives(rgb, points, split, source, kind, group)
             taken += points
         if self.finder:
             # The same tissue as a 20x scanner sees it, resampled to 40x as the tiler does: the
             # detector's calls there are the look-alikes of 20x slides.
             as_20x = scanned_at_20x(rgb)
             mined = dedupe(far_from(self.finder(as_20x), avoid, avoid_px), DUPLICATE_PX)
-            for x, y in mined:
-                self.samples.add(window(as_20x, x, y), False, -1, split, f"{source}:mined20x", group)
-                self.counts[f"{split}_{source}_mined20x"] += 1
+            self.add_negatives(as_20x, mined, split, source, "mined20x", group)
+
+    def add_negatives(
+        self,
+        rgb: npt.NDArray[np.uint8],
+        points: list[tuple[float, float]],
+        split: str,
+        source: str,
+        kind: str,
+        group: str,
+    ) -> None:
+        """Negatives at `points` of one image, cut in one pass."""
+        if not points:
+            return
+        for sample in cut_samples(rgb, points):
+            self.samples.add(sample, False, -1, split, f"{source}:{kind}", group)
+        self.counts[f"{split}_{source}_{kind}"] += len(points)
 
     def positive(self, rgb, x: float, y: float, atypical: int, split: str, source: str, group: str) -> None:
-        self.samples.add(window(rgb, x, y), True, atypical, split, source, group)
+        self.samples.add(cut_samples(rgb, [(x, y)])[0], True, atypical, split, source, group)
         self.counts[f"{split}_{source}_mitosis"] += 1
 
 
