@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common import objectstore
@@ -63,10 +63,23 @@ MAX_MPP_UM_PER_PX = 10.0  # coarser than any scanner's level 0
 MIN_TILE_PX, MAX_TILE_PX = 64, 4096
 
 
+def _no_nul(location: str) -> str:
+    if "\x00" in location:
+        raise ValueError("a slide location must not contain a NUL character")
+    return location
+
+
+# Every route takes a slide location the same way: refused as a bad request (422) before any file
+# or object is looked up.
+SlideLocation = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_LOCATION_CHARS, description="path under the slide root, or s3://bucket/key"),
+    AfterValidator(_no_nul),
+]
+
+
 class PlanRequest(BaseModel):
-    location: str = Field(
-        min_length=1, max_length=MAX_LOCATION_CHARS, description="path under the slide root, or s3://bucket/key"
-    )
+    location: SlideLocation
     mpp_um_per_px: float | None = Field(
         default=None, gt=0, le=MAX_MPP_UM_PER_PX, description="only for slides without MPP metadata"
     )
@@ -78,8 +91,6 @@ class PlanRequest(BaseModel):
     def _overlap_inside_the_tile(self) -> PlanRequest:
         if self.overlap_px >= self.tile_px:
             raise ValueError(f"overlap_px ({self.overlap_px}) must be smaller than tile_px ({self.tile_px})")
-        if "\x00" in self.location:
-            raise ValueError("location must not contain a NUL character")
         return self
 
 
@@ -117,10 +128,6 @@ class SlideRegistry:
         return resolve_slide(str(path))
 
     def get(self, location: str) -> OpenedSlide:
-        if "\x00" in location or len(location) > MAX_LOCATION_CHARS:
-            raise SlideNotFoundError(
-                f"{location[:80]!r}: not a slide location (NUL or longer than {MAX_LOCATION_CHARS})"
-            )
         with self._lock:
             if location in self._open:
                 self._open.move_to_end(location)
@@ -245,9 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_class=Response,
         tags=["viewer"],
     )
-    async def overview(
-        registry: RegistryDep, location: Annotated[str, Query(description="the slide's location")]
-    ) -> Response:
+    async def overview(registry: RegistryDep, location: Annotated[SlideLocation, Query()]) -> Response:
         opened = await run_in_threadpool(registry.get, location)
 
         def render() -> bytes:
@@ -270,7 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         col: int,
         row: int,
         registry: RegistryDep,
-        location: Annotated[str, Query(description="the slide's location")],
+        location: Annotated[SlideLocation, Query()],
     ) -> Response:
         opened = await run_in_threadpool(registry.get, location)
 
